@@ -1,0 +1,102 @@
+"""The contrast axis: the top relevance ``R(Y^L)`` and the backward signal ``g^L`` it starts.
+
+Every method of the paper's panorama starts its backward pass from a top relevance on the logits
+(Table 2).  In gradient form (Eq. 15) the relevance of the logits is ``g^L ⊙ ΔZ`` (``g^L ⊙ Z``
+without increment), so each function below returns the pair ``(g, R)`` with ``R = g ⊙ ΔZ``:
+
+===========  =====================================  ==========================
+name         top relevance R(Y^L)                   backward signal g^L
+===========  =====================================  ==========================
+``logit``    ``e_c ⊙ ΔZ``  (LRP-0, LID-Taylor)      ``e_c``
+``SG``       ``P'_c``      (Eq. 10, SG-LRP)         ``P'_c / ΔZ``
+``ST``       ``P'_c ⊙ ΔZ`` (Sec. 3.1)               ``P'_c``
+``SIG``      ``P̄'_c ⊙ ΔZ`` (Sec. 3.3)               ``P̄'_c``
+===========  =====================================  ==========================
+
+``P'_c = ∂P_c/∂Z`` is the c-th row of the softmax Jacobian, Eq. (10); ``P̄'_c`` is its average on the
+straight path ``Ẑ → Z`` (right Riemann sum with ``n`` points, or Gauss-Legendre quadrature for the
+exact limit ``n = None``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+
+TOPS = ("logit", "SG", "ST", "SIG")
+
+
+def softmax_gradient(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``P'_c = ∂P_c/∂Z`` at logits ``z`` (B, K) for classes ``c`` (B,), Eq. (10).
+
+    Entry ``i`` is ``(1 − P_c) P_i`` for ``i = c`` and ``−P_c P_i`` otherwise, i.e. ``P_c (e_c − P)``.
+    """
+    p = torch.softmax(z, dim=1)
+    pc = p.gather(1, c[:, None])
+    e_c = torch.zeros_like(p).scatter_(1, c[:, None], 1.0)
+    return pc * (e_c - p)
+
+
+def _gauss_legendre(n_points: int, n_panels: int, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights of a composite Gauss-Legendre rule on [0, 1]."""
+    x, w = np.polynomial.legendre.leggauss(n_points)
+    edges = np.linspace(0.0, 1.0, n_panels + 1)
+    half = np.diff(edges) / 2
+    mid = (edges[:-1] + edges[1:]) / 2
+    nodes = (mid[:, None] + half[:, None] * x[None, :]).ravel()
+    weights = (half[:, None] * w[None, :]).ravel()
+    return (torch.as_tensor(nodes, dtype=dtype, device=device),
+            torch.as_tensor(weights, dtype=dtype, device=device))
+
+
+def path_average(fn: Callable[[torch.Tensor], torch.Tensor], z_ref: torch.Tensor, dz: torch.Tensor,
+                 n_steps: Optional[int]) -> torch.Tensor:
+    """Average of ``fn`` on the straight path ``z_ref → z_ref + dz`` (Eq. 21, applied to the softmax).
+
+    ``n_steps = k`` samples the path at ``z_ref + (k/n) dz``, k = 1..n (a right Riemann sum, as in
+    the paper); ``n_steps = None`` integrates exactly up to floating point with a composite
+    16-point Gauss-Legendre rule whose panel count grows with the spread of ``dz``, because the
+    softmax along the path is analytic but can be steep.
+    """
+    if n_steps is not None:
+        ts = [(k / n_steps, 1.0 / n_steps) for k in range(1, n_steps + 1)]
+    else:
+        spread = float((dz.max(dim=1).values - dz.min(dim=1).values).max()) if dz.numel() else 0.0
+        panels = int(min(4096, max(4, math.ceil(spread))))
+        nodes, weights = _gauss_legendre(16, panels, torch.float64, dz.device)
+        ts = list(zip(nodes.tolist(), weights.tolist()))
+    acc = torch.zeros_like(dz)
+    for t, w in ts:
+        acc = acc + w * fn(z_ref + t * dz)
+    return acc
+
+
+def top_relevance(kind: str, z: torch.Tensor, z_ref: torch.Tensor, c: torch.Tensor,
+                  n_steps: Optional[int] = 10, eps: float = 1e-9) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The top relevance ``R(Y^L)`` and backward signal ``g^L`` of a method (Table 2).
+
+    ``z`` are the logits, ``z_ref`` the reference logits (zeros for the LRP family, where
+    ``ΔZ = Z``), ``c`` the target classes.  Returns ``(g, R)`` with ``R = g ⊙ (z − z_ref)`` up
+    to the ε-stabiliser of the SG row.
+    """
+    dz = z - z_ref
+    if kind == "logit":
+        g = torch.zeros_like(z).scatter_(1, c[:, None], 1.0)
+        return g, g * dz
+    if kind == "ST":
+        g = softmax_gradient(z, c)
+        return g, g * dz
+    if kind == "SIG":
+        g = path_average(lambda zz: softmax_gradient(zz, c), z_ref, dz, n_steps)
+        return g, g * dz
+    if kind == "SG":
+        r = softmax_gradient(z, c)
+        return r / stabilize(dz, eps), r
+    raise ValueError(f"unknown top relevance {kind!r}; choose one of {TOPS}")
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``z + ε·sign(z)`` with ``sign(0) = +1``: the LRP-ε stabiliser of a denominator."""
+    return z + eps * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
