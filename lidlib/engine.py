@@ -1,0 +1,131 @@
+"""The engine: one reference pass, one forward pass with the middle rule, one backward pass.
+
+This is the two-step algorithm of Sec. 2.3 and Algorithm 1: the backward signal is propagated
+layer by layer (Eq. 17, 22), and every layer's relevance is read off as the signal times the
+increment (Eq. 15, 23, 24) — ``R(Y^l) = g^{l+1} ⊙ ΔY^l``, or ``g ⊙ Y^l`` without increment (Eq. 18).
+Path averages are per layer (Eq. 21), so they cost element-wise work, not extra network passes.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .explanation import Explanation
+from .methods import Method
+from .rules import apply_rule, layer_kind
+from .top import top_relevance
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise a clear error for a model in training mode or with a layer lidlib cannot explain."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise RuntimeError(f"the model is in training mode (e.g. {training[0]!r}); call model.eval() "
+                           "before explaining it (BatchNorm and Dropout must be in eval mode)")
+    for name, m in model.named_modules():
+        if next(m.children(), None) is None and layer_kind(m) is None:
+            hint = (" The model must return logits: drop the final Softmax." if isinstance(m, (nn.Softmax, nn.LogSoftmax))
+                    else " Supported non-linear layers: ReLU, ReLU6, LeakyReLU, Hardtanh, MaxPool2d; "
+                         "linear layers: Conv, Linear, BatchNorm (eval), AvgPool, AdaptiveAvgPool, Flatten, "
+                         "Dropout (eval), Identity, zero/constant padding.")
+            raise TypeError(f"lidlib cannot explain layer {name or '<model>'!r} ({type(m).__name__}).{hint}")
+
+
+@contextmanager
+def patched(model: nn.Module):
+    """Switch off in-place flags for the duration; restore them and remove all hooks afterwards."""
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    handles = []
+    try:
+        for m in inplace:
+            m.inplace = False
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+        for m in inplace:
+            m.inplace = True
+
+
+class _Pass:
+    """Forward hooks for one network pass: record outputs, and (actual pass) substitute outputs."""
+
+    def __init__(self, names, reference: Optional["_Pass"] = None, method: Optional[Method] = None,
+                 n_steps=None):
+        self.names, self.reference, self.method, self.n_steps = names, reference, method, n_steps
+        self.calls = {}
+        self.outputs = OrderedDict()      # key -> output tensor, in order of completion
+        self.inputs = {}                  # key -> input tensor (non-linear and rule-modified layers)
+
+    def hook(self, module, args, output):
+        if not isinstance(output, torch.Tensor):
+            return None
+        name = self.names[module]
+        k = self.calls[name] = self.calls.get(name, 0) + 1
+        key = name if k == 1 else f"{name}#{k}"
+        leaf = next(module.children(), None) is None
+        if not leaf and any(output is t for t in self.outputs.values()):
+            return None                   # a container handing on its last child's tensor
+        if leaf and layer_kind(module) in ("elementwise", "maxpool", "linear"):
+            self.inputs[key] = args[0]
+        if self.method is not None and leaf:
+            x = args[0]
+            if self.reference is None:    # no increment: every layer's reference is 0
+                x_ref, y_ref = torch.zeros((), dtype=x.dtype), torch.zeros((), dtype=x.dtype)
+            else:
+                x_ref, y_ref = self.reference.inputs[key], self.reference.outputs[key]
+            new = apply_rule(self.method.rule, module, x, x_ref, output, y_ref, self.n_steps)
+            if new is not None:
+                output = new
+        self.outputs[key] = output
+        return output
+
+
+def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: Method,
+              baseline: Optional[torch.Tensor], n_steps: Optional[int]) -> Explanation:
+    """Run ``method`` on an eval-mode model (inputs already validated by :func:`lidlib.explain`)."""
+    names = {m: name for name, m in model.named_modules() if name}
+    with patched(model) as handles:
+        reference = None
+        z_ref = torch.zeros((), dtype=x.dtype)
+        if method.increment:
+            reference = _Pass(names)
+            handles += [m.register_forward_hook(reference.hook) for m in names]
+            with torch.no_grad():
+                z_ref = model(baseline)
+            for h in handles:
+                h.remove()
+            handles.clear()
+        actual = _Pass(names, reference, method, n_steps)
+        handles += [m.register_forward_hook(actual.hook) for m in names]
+        with torch.enable_grad():
+            x_in = x.detach().clone().requires_grad_(True)
+            z = model(x_in)
+            _check_logits(z, target, x)
+            g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
+            keys = list(actual.outputs)
+            tensors = [x_in] + [actual.outputs[k] for k in keys]
+            grads = torch.autograd.grad(z, tensors, grad_outputs=g_top, allow_unused=True)
+    relevance = OrderedDict()
+    refs = [baseline if method.increment else None] + [reference.outputs[k] if reference else None for k in keys]
+    for key, t, g, ref in zip(["input"] + keys, tensors, grads, refs):
+        delta = t.detach() if ref is None else t.detach() - ref
+        relevance[key] = torch.zeros_like(delta) if g is None else g * delta
+    return Explanation(relevance, r_top, method, target, z.detach(),
+                       z_ref.expand_as(z).clone() if method.increment else None, n_steps, model)
+
+
+def _check_logits(z, target, x):
+    if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] != x.shape[0]:
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"the model must return logits of shape (batch, classes); it returned {shape}")
+    bad = (target < 0) | (target >= z.shape[1])
+    if bad.any():
+        raise ValueError(f"target {target[bad][0].item()} is out of range: the model has {z.shape[1]} "
+                         f"classes, so targets must lie in 0..{z.shape[1] - 1}")

@@ -1,0 +1,87 @@
+"""The result of an explanation: relevance per layer, what it decomposes, and measured conservation."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class ConservationRow:
+    """Conservation at one layer: ``Σ R(Y^l)``, the total (Eq. 1, 6) and ``|gap| / Σ|R(Y^L)|``."""
+    layer: str
+    relevance_sum: torch.Tensor
+    total: torch.Tensor
+    rel_gap: torch.Tensor
+
+
+class ConservationTable(list):
+    """Rows of :class:`ConservationRow`, input first; prints as a table (first sample of the batch)."""
+
+    def max_rel_gap(self, layers=None) -> float:
+        rows = [r for r in self if layers is None or r.layer in layers]
+        return max(float(r.rel_gap.max()) for r in rows)
+
+    def as_rows(self, sample: int = 0):
+        """``[(layer, Σ R, total, relative gap)]`` as Python floats, for tables in the book."""
+        return [(r.layer, float(r.relevance_sum[sample]), float(r.total[sample]), float(r.rel_gap[sample]))
+                for r in self]
+
+    def __repr__(self):
+        lines = [f"{'layer':<16}{'sum R':>16}{'total':>16}{'rel. gap':>12}"]
+        lines += [f"{n:<16}{s:>16.8g}{t:>16.8g}{g:>12.2e}" for n, s, t, g in self.as_rows()]
+        return "\n".join(lines)
+
+    def _repr_html_(self):
+        body = "".join(f"<tr><td>{n}</td><td>{s:.8g}</td><td>{t:.8g}</td><td>{g:.2e}</td></tr>"
+                       for n, s, t, g in self.as_rows())
+        return ("<table><thead><tr><th>layer</th><th>Σ R</th><th>total</th><th>rel. gap</th></tr>"
+                f"</thead><tbody>{body}</tbody></table>")
+
+
+class Explanation:
+    """Relevance of every recorded layer for one batch.
+
+    ``relevance``: ordered mapping layer name → relevance shaped like that layer's output, from
+    ``"input"`` to the logits.  ``total``: (B,), the sum of the top relevance — what the method
+    decomposes (``Z_c`` for LRP-0, ``ΔZ_c`` for LID-Taylor/LID-IG/DeepLIFT, ``≈ΔP_c`` for ST/SIG).
+    """
+
+    def __init__(self, relevance: "OrderedDict[str, torch.Tensor]", top: torch.Tensor, method,
+                 target: torch.Tensor, logits: torch.Tensor, reference_logits: Optional[torch.Tensor],
+                 n_steps: Optional[int], model=None):
+        self.relevance = relevance
+        self.top = top
+        self.total = top.sum(dim=1)
+        self.method = method
+        self.target = target
+        self.logits = logits
+        self.reference_logits = reference_logits
+        self.n_steps = n_steps
+        self._model_stages = getattr(model, "stages", None)
+
+    @property
+    def input(self) -> torch.Tensor:
+        """Relevance of the input pixels ``R(Y^0)``."""
+        return self.relevance["input"]
+
+    def conservation(self) -> ConservationTable:
+        """Per layer: ``Σ R(Y^l)``, the total, and ``|Σ R(Y^l) − total| / Σ|R(Y^L)|`` (Eq. 1, 6).
+
+        The denominator is the L1 norm of the top relevance so that the gap stays meaningful for
+        SG, whose total is 0.  Only layers that cut the network (all of a residual block's output,
+        not one branch) are expected to conserve.
+        """
+        scale = self.top.abs().sum(dim=1).clamp_min(torch.finfo(self.top.dtype).tiny)
+        table = ConservationTable()
+        for name, r in self.relevance.items():
+            s = r.flatten(1).sum(dim=1)
+            table.append(ConservationRow(name, s, self.total, (s - self.total).abs() / scale))
+        return table
+
+    def __repr__(self):
+        name = getattr(self.method, "name", self.method)
+        return (f"Explanation({name}, batch={len(self.total)}, layers={len(self.relevance)}, "
+                f"n_steps={self.n_steps}, total={self.total.tolist()})")

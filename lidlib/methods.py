@@ -1,0 +1,62 @@
+"""The panorama (Fig. 3): every named method is one choice on each of three independent axes.
+
+* increment axis — LRP (``R = g ⊙ Y``, no reference) or LID (``R = g ⊙ ΔY``, reference ``X̂``), Sec. 2.4;
+* contrast axis — the top relevance: ``logit``, ``SG``, ``ST`` or ``SIG`` (:mod:`lidlib.top`, Table 2);
+* non-linearity axis — the middle rule: Taylor, IG, LRP-0/Rescale or z⁺ (:mod:`lidlib.rules`, Table 3).
+
+``Method(name, top, rule, increment)`` builds any cell, not only the named ones::
+
+    Method("SIG-LRP-IG", top="SIG", rule=rules.IG, increment=False)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import rules
+from .rules import Rule
+from .top import TOPS
+
+
+@dataclass(frozen=True)
+class Method:
+    """One cell of the panorama: a top relevance, a middle rule, and whether relevance is of increments."""
+    name: str
+    top: str
+    rule: Rule
+    increment: bool
+
+    def __post_init__(self):
+        if self.top not in TOPS:
+            raise ValueError(f"Method.top must be one of {TOPS}, got {self.top!r}")
+        if not isinstance(self.rule, Rule):
+            raise TypeError(f"Method.rule must be a lidlib.rules.Rule, got {type(self.rule).__name__}")
+
+
+_PANORAMA = [
+    # LRP family (no reference: ΔY = Y)
+    Method("LRP-0", "logit", rules.LRP0, increment=False),            # Eq. 4–5, 18
+    Method("SG-LRP-0", "SG", rules.LRP0, increment=False),            # Eq. 10 + LRP-0
+    Method("SG-LRP-ZP", "SG", rules.ZPLUS, increment=False),          # Eq. 10 + z⁺ (Eq. 9)
+    Method("ST-LRP-0", "ST", rules.LRP0, increment=False),            # Sec. 3.1, ΔZ = Z
+    Method("SIG-LRP-0", "SIG", rules.LRP0, increment=False),          # Sec. 3.3, path 0 → Z
+    # increment family (reference X̂)
+    Method("DeepLIFT", "logit", rules.RESCALE, increment=True),       # Eq. 6–7, Rescale
+    Method("LID-Taylor", "logit", rules.TAYLOR, increment=True),      # Eq. 12–17
+    Method("ST-LID-Taylor", "ST", rules.TAYLOR, increment=True),      # Sec. 3.1
+    Method("SIG-LID-Taylor", "SIG", rules.TAYLOR, increment=True),    # Sec. 3.3
+    Method("LID-IG", "logit", rules.IG, increment=True),              # Eq. 19–23
+    Method("SIG-LID-IG", "SIG", rules.IG, increment=True),            # Eq. 24, Algorithm 1
+]
+
+#: the paper's named relevance methods, by the paper's names
+METHODS: dict = {m.name: m for m in _PANORAMA}
+
+
+def get_method(method) -> Method:
+    """A :class:`Method` from a name of :data:`METHODS` or a Method itself."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, str) and method in METHODS:
+        return METHODS[method]
+    raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(METHODS)} "
+                     "(or build one with lidlib.Method(name, top, rule, increment))")
