@@ -62,6 +62,7 @@ class _Pass:
         self.calls = {}
         self.outputs = OrderedDict()      # key -> output tensor, in order of completion
         self.inputs = {}                  # key -> input tensor (non-linear and rule-modified layers)
+        self.aliases = {}                 # container key -> key of the same output tensor
 
     def hook(self, module, args, output):
         if not isinstance(output, torch.Tensor):
@@ -70,8 +71,11 @@ class _Pass:
         k = self.calls[name] = self.calls.get(name, 0) + 1
         key = name if k == 1 else f"{name}#{k}"
         leaf = next(module.children(), None) is None
-        if not leaf and any(output is t for t in self.outputs.values()):
-            return None                   # a container handing on its last child's tensor
+        if not leaf:
+            same = next((k for k, t in self.outputs.items() if t is output), None)
+            if same is not None:          # a container handing on its last child's tensor
+                self.aliases[key] = same
+                return None
         if leaf and layer_kind(module) in ("elementwise", "maxpool", "linear"):
             self.inputs[key] = args[0]
         if self.method is not None and leaf:
@@ -118,7 +122,8 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
         delta = t.detach() if ref is None else t.detach() - ref
         relevance[key] = torch.zeros_like(delta) if g is None else g * delta
     return Explanation(relevance, r_top, method, target, z.detach(),
-                       z_ref.expand_as(z).clone() if method.increment else None, n_steps, model)
+                       z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
+                       aliases=actual.aliases)
 
 
 def _check_logits(z, target, x):

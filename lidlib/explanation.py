@@ -51,7 +51,7 @@ class Explanation:
 
     def __init__(self, relevance: "OrderedDict[str, torch.Tensor]", top: torch.Tensor, method,
                  target: torch.Tensor, logits: torch.Tensor, reference_logits: Optional[torch.Tensor],
-                 n_steps: Optional[int], model=None):
+                 n_steps: Optional[int], model=None, aliases=None):
         self.relevance = relevance
         self.top = top
         self.total = top.sum(dim=1)
@@ -60,7 +60,17 @@ class Explanation:
         self.logits = logits
         self.reference_logits = reference_logits
         self.n_steps = n_steps
-        self._model_stages = getattr(model, "stages", None)
+        self.stages = dict(getattr(model, "stages", None) or {})
+        self.aliases = dict(aliases or {})
+
+    def layer(self, name: str) -> torch.Tensor:
+        """Relevance of the output of module ``name``; a container whose output is its last
+        child's tensor (e.g. ``"features"`` of VGG) resolves to that child."""
+        key = self.aliases.get(name, name)
+        if key not in self.relevance:
+            raise KeyError(f"no relevance recorded for layer {name!r}; recorded layers: "
+                           f"{', '.join(list(self.relevance)[:6])}, …")
+        return self.relevance[key]
 
     @property
     def input(self) -> torch.Tensor:

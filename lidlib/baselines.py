@@ -1,0 +1,430 @@
+"""Baseline methods the paper compares against (Sec. 4): integrated gradients and class activation maps.
+
+* :func:`integrated_gradients` -- IG, Eq. (11), at the input; at a hidden layer, the IG of the path
+  induced by the input path (layer conductance).
+* :func:`gradcam` (Selvaraju et al., ICCV 2017), :func:`layercam` (Jiang et al., IEEE TIP 2021),
+  :func:`scorecam` (Wang et al., CVPR-W 2020) and :func:`layercam_multiscale`.
+* :func:`upsample` and :func:`minmax`: the post-processing that CAM libraries apply, kept separate so
+  that the maps themselves stay un-normalised, at the layer's own spatial size.
+
+Every function leaves the model as it found it: forward hooks are removed, the ``inplace`` flags of
+its modules (torchvision's VGG uses ``nn.ReLU(inplace=True)``) are switched off for the call and
+restored, parameters, their ``requires_grad`` flags and ``.grad`` are not touched (gradients are
+taken with :func:`torch.autograd.grad`), and the train/eval mode is not changed -- also when an
+exception is raised half-way.  The model must be in eval mode.  Computations run in the dtype and on
+the device of the model's parameters (float32 or float64).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import numbers
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "integrated_gradients",
+    "gradcam",
+    "layercam",
+    "scorecam",
+    "layercam_multiscale",
+    "upsample",
+    "minmax",
+]
+
+Target = Union[int, Sequence[int], torch.Tensor]
+Layer = Union[str, nn.Module]
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and model preparation
+# ----------------------------------------------------------------------------------------------
+
+def _check_eval(model: nn.Module) -> None:
+    bad = [name or "<model>" for name, m in model.named_modules() if m.training]
+    if bad:
+        raise RuntimeError(
+            f"the model is in training mode ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+            "call model.eval() first: dropout and batch-norm statistics would make the explanation "
+            "random or batch-dependent")
+
+
+def _model_dtype_device(model: nn.Module, x: torch.Tensor) -> Tuple[torch.dtype, torch.device]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.dtype, b.device
+    return (x.dtype if x.is_floating_point() else torch.get_default_dtype()), x.device
+
+
+def _as_input(model: nn.Module, x: torch.Tensor, min_dim: int = 2) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(f"x must have a batch dimension and at least {min_dim} dimensions, "
+                         f"got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x has an empty batch")
+    dtype, device = _model_dtype_device(model, x)
+    return x.detach().to(device=device, dtype=dtype)
+
+
+def _check_target(target: Target, batch: int, device: torch.device) -> torch.Tensor:
+    """``target`` as a (B,) long tensor; the range is checked against the logits later."""
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+        t = target.detach().reshape(-1) if target.dim() <= 1 else None
+        if t is None:
+            raise ValueError(f"target must be an int or a (B,) tensor, got shape {tuple(target.shape)}")
+        if target.dim() == 0:
+            t = t.expand(batch)
+    elif isinstance(target, bool):
+        raise TypeError("target must be an int class index or a (B,) long tensor, got a bool")
+    elif isinstance(target, numbers.Integral):
+        t = torch.full((batch,), int(target), dtype=torch.long)
+    elif isinstance(target, (list, tuple)) and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in target):
+        t = torch.tensor([int(v) for v in target], dtype=torch.long)
+    else:
+        raise TypeError("target must be an int class index or a (B,) long tensor, "
+                        f"got {type(target).__name__}")
+    if t.numel() != batch:
+        raise ValueError(f"target has {t.numel()} entries but x has batch size {batch}")
+    return t.to(device=device, dtype=torch.long)
+
+
+def _select(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``Z_c`` for every row of the logits ``z`` (N, K), with a clear range check."""
+    if z.dim() != 2:
+        raise ValueError(f"the model must return logits of shape (B, K), got {tuple(z.shape)}")
+    k = z.shape[1]
+    if bool(((c < 0) | (c >= k)).any()):
+        bad = c[(c < 0) | (c >= k)].unique().tolist()
+        raise ValueError(f"target class(es) {bad} out of range for a model with {k} outputs "
+                         f"(valid: 0..{k - 1})")
+    return z.gather(1, c[:, None])[:, 0]
+
+
+def _check_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
+    if baseline is None:
+        return torch.zeros_like(x)
+    if isinstance(baseline, numbers.Number) and not isinstance(baseline, bool):
+        return torch.full_like(x, float(baseline))
+    if not isinstance(baseline, torch.Tensor):
+        raise TypeError(f"baseline must be None, a number or a tensor, got {type(baseline).__name__}")
+    try:
+        shape = torch.broadcast_shapes(baseline.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(f"baseline of shape {tuple(baseline.shape)} cannot be broadcast to the "
+                         f"input shape {tuple(x.shape)}")
+    return baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(x)
+
+
+def _check_steps(n_steps) -> int:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
+        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+    return int(n_steps)
+
+
+def _check_batch_size(bs, name: str) -> Optional[int]:
+    if bs is None:
+        return None
+    if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
+        raise ValueError(f"{name} must be None or an integer >= 1, got {bs!r}")
+    return int(bs)
+
+
+def _resolve_layer(model: nn.Module, layer: Layer) -> Tuple[str, nn.Module]:
+    modules = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, m in modules.items():
+            if m is layer:
+                return name, m
+        raise ValueError("the given layer module is not a submodule of the model")
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a qualified module name (str), got {type(layer).__name__}")
+    if layer in modules and layer != "":
+        return layer, modules[layer]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+    hint = close if close else names[:3] + names[-3:] if len(names) > 6 else names
+    raise ValueError(f"unknown layer {layer!r}; valid names come from model.named_modules(), "
+                     f"e.g. {', '.join(repr(n) for n in hint)}")
+
+
+class _Capture:
+    """Outputs of the hooked modules during the latest forward pass."""
+
+    def __init__(self, names: List[str]):
+        self.names = names
+        self.outputs: Dict[str, List[torch.Tensor]] = {n: [] for n in names}
+
+    def clear(self) -> None:
+        for v in self.outputs.values():
+            v.clear()
+
+    def get(self, name: str) -> torch.Tensor:
+        outs = self.outputs[name]
+        if len(outs) != 1:
+            raise RuntimeError(f"layer {name!r} was called {len(outs)} times in one forward pass; "
+                               "choose a module that is used exactly once (e.g. not a shared ReLU)")
+        return outs[0]
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
+    """Check eval mode, switch ``inplace`` off, hook ``layers``; undo everything on exit.
+
+    The hook stores the layer's output ``h`` and hands a clone to the rest of the network, so that no
+    later in-place operation (a functional ReLU, ``out += identity`` in a ResNet) can overwrite the
+    stored values or re-base their autograd history; ``∂Z/∂h`` is then taken w.r.t. ``h`` itself.
+    """
+    _check_eval(model)
+    resolved = [_resolve_layer(model, l) for l in layers]
+    names = [n for n, _ in resolved]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate layers in {names}")
+    cap = _Capture(names)
+    flags = []
+    handles = []
+    try:
+        for m in model.modules():
+            if isinstance(getattr(m, "inplace", None), bool):
+                flags.append((m, m.inplace))
+                m.inplace = False
+        for name, m in resolved:
+            def hook(_module, _inputs, output, _name=name):
+                if not isinstance(output, torch.Tensor):
+                    raise TypeError(f"layer {_name!r} returns {type(output).__name__}, not a tensor")
+                cap.outputs[_name].append(output)
+                return output.clone()
+            handles.append(m.register_forward_hook(hook))
+        yield cap
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.inplace = flag
+        cap.clear()
+
+
+def _chunks(n: int, size: Optional[int]) -> List[Tuple[int, int]]:
+    size = n if size is None else size
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Integrated gradients, Eq. (11)
+# ----------------------------------------------------------------------------------------------
+
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target, baseline=None,
+                         n_steps: int = 10, layer: Optional[Layer] = None,
+                         internal_batch_size: Optional[int] = None) -> torch.Tensor:
+    """Integrated gradients (Sundararajan et al. 2017), the paper's Eq. (11), right Riemann sum.
+
+    Path ``x_k = X̂ + (k/n)(X − X̂)``, k = 0..n, with ``X̂ = baseline`` (``None``: zeros; a number or a
+    tensor broadcastable to ``x``).
+
+    * ``layer=None``: ``R(X) = (X − X̂) ⊙ (1/n) Σ_{k=1..n} ∂Z_c/∂X (x_k)``.  Identical to Captum's
+      ``IntegratedGradients(model).attribute(x, baselines, target, n_steps=n, method="riemann_right")``.
+    * ``layer="features.30"`` (a name from ``model.named_modules()``): IG at that module's output ``h``
+      along the path induced by the input path (layer conductance),
+      ``R(h) = Σ_{k=1..n} ∂Z_c/∂h (x_k) ⊙ (h(x_k) − h(x_{k−1}))``, gradient at the RIGHT end of each
+      step, and ``x_0 = X̂`` so that ``Σ R(h) → Z_c(X) − Z_c(X̂)`` as n grows.  Returns a tensor shaped
+      like the layer's output.
+
+      Captum's ``LayerConductance`` uses another grid: with ``method="riemann_right"`` and
+      ``n_steps=n`` it evaluates ``n+1`` points ``α_j = j/(n+1)``, j = 1..n+1, and returns
+      ``Σ_{j=1..n} ∂Z_c/∂h(α_j) ⊙ (h(α_{j+1}) − h(α_j))``: gradient at the LEFT end of each step, and the
+      first step ``[0, 1/(n+1)]`` is missing, so its sum tends to ``Z_c(X) − Z_c(x_{1/(n+1)})``.  Our
+      value equals exactly ``−LayerConductance(model, layer).attribute(baseline, baselines=x,
+      target=target, n_steps=n, method="riemann_trapezoid")`` (its alphas are then ``j/n``, j = 0..n,
+      walked from X to X̂, which turns Captum's left-end gradient into our right-end one).
+
+    All ``B·n`` path points (``B·(n+1)`` with ``layer``) go through ONE forward/backward pass, or
+    through chunks of ``internal_batch_size`` points.
+    """
+    n = _check_steps(n_steps)
+    ibs = _check_batch_size(internal_batch_size, "internal_batch_size")
+    _check_eval(model)
+    x = _as_input(model, x)
+    batch = x.shape[0]
+    c = _check_target(target, batch, x.device)
+    xb = _check_baseline(baseline, x)
+    first = 1 if layer is None else 0          # conductance needs h(x_0) = h(X̂) too
+    alphas = torch.arange(first, n + 1, dtype=x.dtype, device=x.device) / n
+    m = alphas.numel()
+    shape = (m,) + (1,) * x.dim()
+    points = (xb + alphas.view(shape) * (x - xb)).reshape((m * batch,) + tuple(x.shape[1:]))
+    targets = c.repeat(m)                      # point index = step * B + sample
+    grads, evals = [], []
+    with _prepared(model, [] if layer is None else [layer]) as cap:
+        name = cap.names[0] if cap.names else None
+        for lo, hi in _chunks(points.shape[0], ibs):
+            cap.clear()
+            with torch.enable_grad():
+                p = points[lo:hi].detach().requires_grad_(True)
+                zc = _select(model(p), targets[lo:hi])
+                if name is None:
+                    g, = torch.autograd.grad(zc.sum(), p)
+                else:
+                    h = cap.get(name)
+                    g, = torch.autograd.grad(zc.sum(), h)
+                    evals.append(h.detach())
+            grads.append(g.detach())
+            cap.clear()
+    g = torch.cat(grads).reshape((m, batch) + tuple(grads[0].shape[1:]))
+    if layer is None:
+        return g.sum(0) / n * (x - xb)
+    h = torch.cat(evals).reshape((m, batch) + tuple(evals[0].shape[1:]))
+    return (g[1:] * (h[1:] - h[:-1])).sum(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class activation maps
+# ----------------------------------------------------------------------------------------------
+
+def _acts_grads(model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[Layer],
+                need_grads: bool = True) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
+    """Outputs ``A`` of ``layers`` and ``∂Z_c/∂A``, from one forward and one backward pass."""
+    x = _as_input(model, x, min_dim=4)
+    c = _check_target(target, x.shape[0], x.device)
+    with _prepared(model, layers) as cap:
+        with torch.enable_grad() if need_grads else torch.no_grad():
+            p = x.detach().requires_grad_(need_grads)   # keeps the graph alive if params are frozen
+            zc = _select(model(p), c)
+            acts = [cap.get(n) for n in cap.names]
+            for n, a in zip(cap.names, acts):
+                if a.dim() != 4:
+                    raise ValueError(f"layer {n!r} outputs shape {tuple(a.shape)}; a class activation "
+                                     "map needs a (B, C, h, w) feature map")
+            grads = (list(torch.autograd.grad(zc.sum(), acts)) if need_grads
+                     else [None] * len(acts))
+        acts = [a.detach() for a in acts]
+        grads = [None if g is None else g.detach() for g in grads]
+        cap.clear()
+    return acts, grads
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
+            relu: bool = True) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017) at the output ``A`` of ``layer``.
+
+    ``w_k = mean_{ij} ∂Z_c/∂A_kij``, ``cam = ReLU(Σ_k w_k A_k)`` (``relu=False``: the signed map).
+    Returns (B, h, w) at the layer's spatial size, un-normalised (see :func:`upsample`, :func:`minmax`).
+    """
+    (a,), (g,) = _acts_grads(model, x, target, [layer])
+    cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(1)
+    return cam.clamp_min(0) if relu else cam
+
+
+def layercam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
+             relu: bool = True) -> torch.Tensor:
+    """Layer-CAM (Jiang et al., IEEE TIP 2021) at the output ``A`` of ``layer``.
+
+    ``cam = ReLU(Σ_k ReLU(∂Z_c/∂A_k) ⊙ A_k)``; ``relu=False`` drops only the outer ReLU (signed map;
+    the gradient ReLU is part of the method).  Returns (B, h, w), un-normalised.
+    """
+    (a,), (g,) = _acts_grads(model, x, target, [layer])
+    cam = (g.clamp_min(0) * a).sum(1)
+    return cam.clamp_min(0) if relu else cam
+
+
+def scorecam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
+             batch_size: int = 64, relu: bool = True) -> torch.Tensor:
+    """Score-CAM (Wang et al., CVPR Workshops 2020) at the output ``A`` of ``layer``, as pytorch-grad-cam.
+
+    Each channel ``A_k`` is upsampled to the input size (bilinear, ``align_corners=True`` as
+    pytorch-grad-cam's ``UpsamplingBilinear2d``), min-max normalised per channel,
+    ``M_k = (A_k − min) / (max − min + 1e-8)``, and masks the input; ``w = softmax_k(Z_c(X ⊙ M_k))``
+    (softmax over channels of the target logit of the masked inputs, as pytorch-grad-cam; the Score-CAM
+    authors' code instead weights each channel by the softmax probability ``P_c`` of its masked input),
+    ``cam = ReLU(Σ_k w_k A_k)``.  Unlike pytorch-grad-cam, the scores stay in the model's dtype.
+    The ``B·C`` masked inputs are evaluated in batches of ``batch_size``.  Returns (B, h, w).
+    """
+    bs = _check_batch_size(batch_size, "batch_size")
+    (a,), _ = _acts_grads(model, x, target, [layer], need_grads=False)
+    x = _as_input(model, x, min_dim=4)
+    c = _check_target(target, x.shape[0], x.device)
+    batch, channels = a.shape[:2]
+    up = F.interpolate(a, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=True)
+    flat = up.reshape(batch, channels, -1)
+    lo_, hi_ = flat.min(-1)[0][..., None, None], flat.max(-1)[0][..., None, None]
+    masks = (up - lo_) / (hi_ - lo_ + 1e-8)                           # (B, C, H, W)
+    scores = torch.empty(batch * channels, dtype=a.dtype, device=a.device)
+    _check_eval(model)
+    with _prepared(model, []), torch.no_grad():
+        for lo, hi in _chunks(batch * channels, bs):
+            idx = torch.arange(lo, hi, device=a.device)
+            b_idx, k_idx = idx // channels, idx % channels
+            masked = x[b_idx] * masks[b_idx, k_idx][:, None]
+            scores[lo:hi] = _select(model(masked), c[b_idx])
+    w = torch.softmax(scores.reshape(batch, channels), dim=1)
+    cam = (w[:, :, None, None] * a).sum(1)
+    return cam.clamp_min(0) if relu else cam
+
+
+def layercam_multiscale(model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[Layer],
+                        size=None) -> torch.Tensor:
+    """Multi-scale Layer-CAM: ``Σ_l minmax(upsample(layercam_l, size))``, shape (B, *size).
+
+    Each layer's Layer-CAM (with its ReLU) is upsampled to ``size`` (bilinear, ``align_corners=False``;
+    ``None``: the input's spatial size) and then min-max normalised to [0, 1] per image, and the maps
+    are summed -- the fusion of scales of Layer-CAM (Jiang et al. 2021) that the paper's stage maps
+    ``s54321`` follow (Sec. 4).  All layers share ONE forward and ONE backward pass.
+    """
+    if isinstance(layers, (str, nn.Module)) or len(layers) == 0:
+        raise ValueError("layers must be a non-empty list of layer names")
+    if size is None:
+        if not isinstance(x, torch.Tensor) or x.dim() < 4:
+            raise ValueError("size=None needs an image batch x of shape (B, C, H, W)")
+        size = tuple(x.shape[-2:])
+    acts, grads = _acts_grads(model, x, target, list(layers))
+    total = None
+    for a, g in zip(acts, grads):
+        cam = minmax(upsample((g.clamp_min(0) * a).sum(1).clamp_min(0), size))
+        total = cam if total is None else total + cam
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Post-processing
+# ----------------------------------------------------------------------------------------------
+
+def upsample(cam: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``) of ``cam`` (B, h, w) or (B, C, h, w) to ``size``.
+
+    ``size`` is an int or ``(H, W)``.  ``align_corners=False`` is the half-pixel convention of
+    ``cv2.resize(..., INTER_LINEAR)``, which pytorch-grad-cam uses.
+    """
+    if isinstance(size, numbers.Integral):
+        size = (int(size), int(size))
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or (H, W), got {size}")
+    if cam.dim() == 3:
+        return F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if cam.dim() == 4:
+        return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    raise ValueError(f"cam must have shape (B, h, w) or (B, C, h, w), got {tuple(cam.shape)}")
+
+
+def minmax(cam: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Per-image min-max normalisation, ``(cam − min) / (max − min + eps)``, over all non-batch dims.
+
+    ``eps=0`` maps a constant map to zeros; pytorch-grad-cam uses ``eps=1e-7``.
+    """
+    flat = cam.reshape(cam.shape[0], -1)
+    lo = flat.min(1)[0].view((-1,) + (1,) * (cam.dim() - 1))
+    span = flat.max(1)[0].view((-1,) + (1,) * (cam.dim() - 1)) - lo + eps
+    out = cam - lo
+    return torch.where(span > 0, out / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(out))

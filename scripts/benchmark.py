@@ -1,0 +1,110 @@
+"""Speed benchmark (not a test): median time per method as a ratio to one plain input gradient.
+
+    python scripts/benchmark.py                       # VGG-16 (random weights, non-zero biases)
+    python scripts/benchmark.py --models vgg16 efficientnet --all --oracles
+
+Every figure is a median over ``--repeats`` runs after a warm-up, batch 1, 224×224, CPU, and the
+baseline (forward + backward of the logit) is measured in the same run, interleaved with the
+methods, so the ratios are comparable on a noisy machine.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import lidlib
+from lidlib import models
+
+CORE = [("LID-Taylor", 10), ("SIG-LID-IG", 10), ("SIG-LID-IG", None)]
+
+
+def vgg16_with_biases(seed=0):
+    torch.manual_seed(seed)
+    m = models.vgg16(weights=None)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+                mod.bias.normal_(0, 0.05)
+    return m.eval()
+
+
+def plain_gradient(model, x, target):
+    x = x.clone().requires_grad_(True)
+    z = model(x)
+    (g,) = torch.autograd.grad(z[:, target].sum(), x)
+    return g
+
+
+def measure(fns: dict, repeats: int):
+    """Median seconds per named callable, interleaving the callables in every round."""
+    for fn in fns.values():
+        fn()                                      # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def oracles(model, x, target, baseline):
+    out = {}
+    try:
+        from captum.attr import DeepLift, IntegratedGradients
+        ig = IntegratedGradients(model)
+        out["Captum IG (n=10)"] = lambda: ig.attribute(x, baselines=baseline, target=target, n_steps=10,
+                                                       method="riemann_right")
+        out["Captum DeepLift"] = lambda: DeepLift(model).attribute(x, baselines=baseline, target=target)
+    except ImportError:
+        pass
+    try:
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonPlus
+
+        def zennit_eps_plus():
+            with Gradient(model=model, composite=EpsilonPlus()) as attributor:
+                attributor(x, torch.eye(1000)[[target]])
+        out["Zennit EpsilonPlus"] = zennit_eps_plus
+    except ImportError:
+        pass
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["vgg16"], choices=["vgg16", "efficientnet"])
+    ap.add_argument("--all", action="store_true", help="every method of lidlib.METHODS")
+    ap.add_argument("--oracles", action="store_true", help="also Captum and Zennit where they apply")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.models:
+        model = vgg16_with_biases() if name == "vgg16" else models.efficientnet_lite0()
+        torch.manual_seed(1)
+        x = torch.randn(1, 3, 224, 224)
+        baseline = torch.zeros_like(x)
+        target = 3
+        fns = {"plain gradient": lambda: plain_gradient(model, x, target)}
+        runs = [(m, 10) for m in lidlib.METHODS] + [("LID-IG", None), ("SIG-LID-IG", None)] if args.all else CORE
+        for m, n in runs:
+            fns[f"{m} (n={'exact' if n is None else n})"] = (lambda m=m, n=n: lidlib.explain(model, x, target, m, n_steps=n))
+        if args.oracles:
+            fns.update(oracles(model, x, target, baseline))
+        med = measure(fns, args.repeats)
+        base = med["plain gradient"]
+        taylor = med.get("LID-Taylor (n=10)")
+        print(f"\n{model.display_name if hasattr(model, 'display_name') else name}: batch 1, 224x224, "
+              f"{args.threads} threads, median of {args.repeats}")
+        print(f"{'method':<28}{'median ms':>10}{'× gradient':>12}{'× LID-Taylor':>14}")
+        for k, v in med.items():
+            rel = f"{v / taylor:>14.2f}" if taylor else ""
+            print(f"{k:<28}{v * 1e3:>10.1f}{v / base:>12.2f}{rel}")
+
+
+if __name__ == "__main__":
+    main()
