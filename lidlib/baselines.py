@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import (Layer, Target, _as_input, _check_baseline, _check_batch_size, _check_eval,
+                     _check_steps, _check_target, _resolve_layer, _select)
+
 __all__ = [
     "integrated_gradients",
     "gradcam",
@@ -35,129 +38,6 @@ __all__ = [
     "minmax",
 ]
 
-Target = Union[int, Sequence[int], torch.Tensor]
-Layer = Union[str, nn.Module]
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation and model preparation
-# ----------------------------------------------------------------------------------------------
-
-def _check_eval(model: nn.Module) -> None:
-    bad = [name or "<model>" for name, m in model.named_modules() if m.training]
-    if bad:
-        raise RuntimeError(
-            f"the model is in training mode ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
-            "call model.eval() first: dropout and batch-norm statistics would make the explanation "
-            "random or batch-dependent")
-
-
-def _model_dtype_device(model: nn.Module, x: torch.Tensor) -> Tuple[torch.dtype, torch.device]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype, p.device
-    for b in model.buffers():
-        if b.is_floating_point():
-            return b.dtype, b.device
-    return (x.dtype if x.is_floating_point() else torch.get_default_dtype()), x.device
-
-
-def _as_input(model: nn.Module, x: torch.Tensor, min_dim: int = 2) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < min_dim:
-        raise ValueError(f"x must have a batch dimension and at least {min_dim} dimensions, "
-                         f"got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("x has an empty batch")
-    dtype, device = _model_dtype_device(model, x)
-    return x.detach().to(device=device, dtype=dtype)
-
-
-def _check_target(target: Target, batch: int, device: torch.device) -> torch.Tensor:
-    """``target`` as a (B,) long tensor; the range is checked against the logits later."""
-    if isinstance(target, torch.Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-        t = target.detach().reshape(-1) if target.dim() <= 1 else None
-        if t is None:
-            raise ValueError(f"target must be an int or a (B,) tensor, got shape {tuple(target.shape)}")
-        if target.dim() == 0:
-            t = t.expand(batch)
-    elif isinstance(target, bool):
-        raise TypeError("target must be an int class index or a (B,) long tensor, got a bool")
-    elif isinstance(target, numbers.Integral):
-        t = torch.full((batch,), int(target), dtype=torch.long)
-    elif isinstance(target, (list, tuple)) and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in target):
-        t = torch.tensor([int(v) for v in target], dtype=torch.long)
-    else:
-        raise TypeError("target must be an int class index or a (B,) long tensor, "
-                        f"got {type(target).__name__}")
-    if t.numel() != batch:
-        raise ValueError(f"target has {t.numel()} entries but x has batch size {batch}")
-    return t.to(device=device, dtype=torch.long)
-
-
-def _select(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``Z_c`` for every row of the logits ``z`` (N, K), with a clear range check."""
-    if z.dim() != 2:
-        raise ValueError(f"the model must return logits of shape (B, K), got {tuple(z.shape)}")
-    k = z.shape[1]
-    if bool(((c < 0) | (c >= k)).any()):
-        bad = c[(c < 0) | (c >= k)].unique().tolist()
-        raise ValueError(f"target class(es) {bad} out of range for a model with {k} outputs "
-                         f"(valid: 0..{k - 1})")
-    return z.gather(1, c[:, None])[:, 0]
-
-
-def _check_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
-    if baseline is None:
-        return torch.zeros_like(x)
-    if isinstance(baseline, numbers.Number) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"baseline must be None, a number or a tensor, got {type(baseline).__name__}")
-    try:
-        shape = torch.broadcast_shapes(baseline.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
-        raise ValueError(f"baseline of shape {tuple(baseline.shape)} cannot be broadcast to the "
-                         f"input shape {tuple(x.shape)}")
-    return baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(x)
-
-
-def _check_steps(n_steps) -> int:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
-        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
-    return int(n_steps)
-
-
-def _check_batch_size(bs, name: str) -> Optional[int]:
-    if bs is None:
-        return None
-    if isinstance(bs, bool) or not isinstance(bs, numbers.Integral) or bs < 1:
-        raise ValueError(f"{name} must be None or an integer >= 1, got {bs!r}")
-    return int(bs)
-
-
-def _resolve_layer(model: nn.Module, layer: Layer) -> Tuple[str, nn.Module]:
-    modules = dict(model.named_modules())
-    if isinstance(layer, nn.Module):
-        for name, m in modules.items():
-            if m is layer:
-                return name, m
-        raise ValueError("the given layer module is not a submodule of the model")
-    if not isinstance(layer, str):
-        raise TypeError(f"layer must be a qualified module name (str), got {type(layer).__name__}")
-    if layer in modules and layer != "":
-        return layer, modules[layer]
-    names = [n for n in modules if n]
-    close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
-    hint = close if close else names[:3] + names[-3:] if len(names) > 6 else names
-    raise ValueError(f"unknown layer {layer!r}; valid names come from model.named_modules(), "
-                     f"e.g. {', '.join(repr(n) for n in hint)}")
 
 
 class _Capture:
@@ -252,6 +132,18 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target, base
     All ``B·n`` path points (``B·(n+1)`` with ``layer``) go through ONE forward/backward pass, or
     through chunks of ``internal_batch_size`` points.
     """
+    inp, conds = integrated_gradients_layers(model, x, target, baseline, n_steps,
+                                             [] if layer is None else [layer], internal_batch_size)
+    return inp if layer is None else conds[0]
+
+
+def integrated_gradients_layers(model: nn.Module, x: torch.Tensor, target: Target, baseline=None,
+                                n_steps: int = 10, layers: Sequence[Layer] = (),
+                                internal_batch_size: Optional[int] = None):
+    """IG at the input and conductance at every layer of ``layers``, from ONE batched pass.
+
+    Returns ``(R(X), [R(h_l) for l in layers])``; see :func:`integrated_gradients` for the formulas.
+    """
     n = _check_steps(n_steps)
     ibs = _check_batch_size(internal_batch_size, "internal_batch_size")
     _check_eval(model)
@@ -259,33 +151,39 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target, base
     batch = x.shape[0]
     c = _check_target(target, batch, x.device)
     xb = _check_baseline(baseline, x)
-    first = 1 if layer is None else 0          # conductance needs h(x_0) = h(X̂) too
+    layers = list(layers)
+    first = 0 if layers else 1                 # conductance needs h(x_0) = h(X̂) too
     alphas = torch.arange(first, n + 1, dtype=x.dtype, device=x.device) / n
     m = alphas.numel()
     shape = (m,) + (1,) * x.dim()
     points = (xb + alphas.view(shape) * (x - xb)).reshape((m * batch,) + tuple(x.shape[1:]))
     targets = c.repeat(m)                      # point index = step * B + sample
-    grads, evals = [], []
-    with _prepared(model, [] if layer is None else [layer]) as cap:
-        name = cap.names[0] if cap.names else None
+    grads = []
+    evals = {}
+    with _prepared(model, layers) as cap:
         for lo, hi in _chunks(points.shape[0], ibs):
             cap.clear()
             with torch.enable_grad():
                 p = points[lo:hi].detach().requires_grad_(True)
                 zc = _select(model(p), targets[lo:hi])
-                if name is None:
-                    g, = torch.autograd.grad(zc.sum(), p)
-                else:
-                    h = cap.get(name)
-                    g, = torch.autograd.grad(zc.sum(), h)
-                    evals.append(h.detach())
-            grads.append(g.detach())
+                hs = [cap.get(name) for name in cap.names]
+                gs = torch.autograd.grad(zc.sum(), [p] + hs)
+            grads.append([g.detach() for g in gs])
+            for name, h in zip(cap.names, hs):
+                evals.setdefault(name, []).append(h.detach())
             cap.clear()
-    g = torch.cat(grads).reshape((m, batch) + tuple(grads[0].shape[1:]))
-    if layer is None:
-        return g.sum(0) / n * (x - xb)
-    h = torch.cat(evals).reshape((m, batch) + tuple(evals[0].shape[1:]))
-    return (g[1:] * (h[1:] - h[:-1])).sum(0)
+        names = list(cap.names)
+
+    def stacked(chunks):
+        t = torch.cat(chunks)
+        return t.reshape((m, batch) + tuple(t.shape[1:]))
+    g_in = stacked([g[0] for g in grads])
+    inp = g_in[1 - first:].sum(0) / n * (x - xb)      # right Riemann sum: k = 1..n
+    conds = []
+    for i, name in enumerate(names, start=1):
+        g, h = stacked([gg[i] for gg in grads]), stacked(evals[name])
+        conds.append((g[1:] * (h[1:] - h[:-1])).sum(0))
+    return inp, conds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +220,11 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
     Returns (B, h, w) at the layer's spatial size, un-normalised (see :func:`upsample`, :func:`minmax`).
     """
     (a,), (g,) = _acts_grads(model, x, target, [layer])
+    return gradcam_map(a, g, relu)
+
+
+def gradcam_map(a: torch.Tensor, g: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """Grad-CAM from activations ``A`` and gradients ``∂Z_c/∂A`` (B, C, h, w)."""
     cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(1)
     return cam.clamp_min(0) if relu else cam
 
@@ -334,6 +237,11 @@ def layercam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
     the gradient ReLU is part of the method).  Returns (B, h, w), un-normalised.
     """
     (a,), (g,) = _acts_grads(model, x, target, [layer])
+    return layercam_map(a, g, relu)
+
+
+def layercam_map(a: torch.Tensor, g: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """Layer-CAM from activations ``A`` and gradients ``∂Z_c/∂A`` (B, C, h, w)."""
     cam = (g.clamp_min(0) * a).sum(1)
     return cam.clamp_min(0) if relu else cam
 
@@ -390,7 +298,7 @@ def layercam_multiscale(model: nn.Module, x: torch.Tensor, target: Target, layer
     acts, grads = _acts_grads(model, x, target, list(layers))
     total = None
     for a, g in zip(acts, grads):
-        cam = minmax(upsample((g.clamp_min(0) * a).sum(1).clamp_min(0), size))
+        cam = minmax(upsample(layercam_map(a, g), size))
         total = cam if total is None else total + cam
     return total
 

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .checks import _check_eval
 from .explanation import Explanation
 from .methods import Method
 from .rules import apply_rule, layer_kind
@@ -24,10 +25,7 @@ def check_model(model: nn.Module) -> None:
     """Raise a clear error for a model in training mode or with a layer lidlib cannot explain."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-    if training:
-        raise RuntimeError(f"the model is in training mode (e.g. {training[0]!r}); call model.eval() "
-                           "before explaining it (BatchNorm and Dropout must be in eval mode)")
+    _check_eval(model)
     for name, m in model.named_modules():
         if next(m.children(), None) is None and layer_kind(m) is None:
             hint = (" The model must return logits: drop the final Softmax." if isinstance(m, (nn.Softmax, nn.LogSoftmax))
@@ -92,8 +90,11 @@ class _Pass:
 
 
 def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: Method,
-              baseline: Optional[torch.Tensor], n_steps: Optional[int]) -> Explanation:
-    """Run ``method`` on an eval-mode model (inputs already validated by :func:`lidlib.explain`)."""
+              baseline: Optional[torch.Tensor], n_steps: Optional[int], keep=None) -> Explanation:
+    """Run ``method`` on an eval-mode model (inputs already validated by :func:`lidlib.explain`).
+
+    ``keep``: names of the layers whose relevance to return (None: all); the input is always kept.
+    """
     names = {m: name for name, m in model.named_modules() if name}
     with patched(model) as handles:
         reference = None
@@ -113,7 +114,8 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             z = model(x_in)
             _check_logits(z, target, x)
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
-            keys = list(actual.outputs)
+            wanted = None if keep is None else {actual.aliases.get(k, k) for k in keep}
+            keys = [k for k in actual.outputs if wanted is None or k in wanted]
             tensors = [x_in] + [actual.outputs[k] for k in keys]
             grads = torch.autograd.grad(z, tensors, grad_outputs=g_top, allow_unused=True)
     relevance = OrderedDict()
@@ -123,7 +125,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
         relevance[key] = torch.zeros_like(delta) if g is None else g * delta
     return Explanation(relevance, r_top, method, target, z.detach(),
                        z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
-                       aliases=actual.aliases)
+                       aliases=actual.aliases, input_shape=x.shape)
 
 
 def _check_logits(z, target, x):

@@ -49,12 +49,13 @@ class Explanation:
     decomposes (``Z_c`` for LRP-0, ``ΔZ_c`` for LID-Taylor/LID-IG/DeepLIFT, ``≈ΔP_c`` for ST/SIG).
     """
 
-    def __init__(self, relevance: "OrderedDict[str, torch.Tensor]", top: torch.Tensor, method,
+    def __init__(self, relevance: "OrderedDict[str, torch.Tensor]", top: Optional[torch.Tensor], method,
                  target: torch.Tensor, logits: torch.Tensor, reference_logits: Optional[torch.Tensor],
-                 n_steps: Optional[int], model=None, aliases=None):
+                 n_steps: Optional[int], model=None, aliases=None, input_shape=None):
         self.relevance = relevance
         self.top = top
-        self.total = top.sum(dim=1)
+        self.total = top.sum(dim=1) if top is not None else torch.full((len(target),), float("nan"))
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.method = method
         self.target = target
         self.logits = logits
@@ -84,12 +85,49 @@ class Explanation:
         SG, whose total is 0.  Only layers that cut the network (all of a residual block's output,
         not one branch) are expected to conserve.
         """
+        if self.top is None:
+            raise ValueError(f"{self.method.name} is a class activation map, not a decomposition: "
+                             "it has no conservation to measure")
         scale = self.top.abs().sum(dim=1).clamp_min(torch.finfo(self.top.dtype).tiny)
         table = ConservationTable()
         for name, r in self.relevance.items():
             s = r.flatten(1).sum(dim=1)
             table.append(ConservationRow(name, s, self.total, (s - self.total).abs() / scale))
         return table
+
+    def stage_map(self, stage) -> torch.Tensor:
+        """Channel-summed relevance of one stage (``5`` or ``"s5"``), at the stage's resolution (B, h, w)."""
+        key = f"s{stage}" if isinstance(stage, int) else str(stage)
+        if key not in self.stages:
+            known = ", ".join(sorted(self.stages)) or "none (the model has no `stages` attribute)"
+            raise ValueError(f"stage {stage!r} is not a stage of this model; its stages are: {known}")
+        r = self.layer(self.stages[key])
+        return r.sum(dim=1) if r.dim() == 4 else r
+
+    def heatmap(self, stages=5, size=None) -> torch.Tensor:
+        """Stage heatmap (Sec. 4.1), stretched to the input size: (B, H, W).
+
+        ``stages=5`` (or ``"s5"``): the channel-summed relevance of stage s5, upsampled bilinearly,
+        in relevance units.  ``stages=(5, 4, 3, 2, 1)`` (or ``"s54321"``): the multi-scale map, the
+        sum of the per-stage maps after each is divided by its largest absolute value (per image),
+        so every stage weighs the same and the sign — red positive, blue negative — is kept.  All
+        stages come from the same explanation: no extra backward pass.
+        """
+        from .baselines import upsample
+        if isinstance(stages, str) and stages.startswith("s") and len(stages) > 2:
+            stages = tuple(int(ch) for ch in stages[1:])
+        single = not isinstance(stages, (tuple, list))
+        size = size or (self.input_shape[-2:] if self.input_shape else None)
+        if size is None:
+            raise ValueError("heatmap needs size=(H, W): this explanation does not know its input size")
+        maps = [upsample(self.stage_map(s), size) for s in ([stages] if single else stages)]
+        if single:
+            return maps[0]
+        total = 0
+        for m in maps:
+            peak = m.abs().flatten(1).max(dim=1).values.clamp_min(torch.finfo(m.dtype).tiny)
+            total = total + m / peak[:, None, None]
+        return total
 
     def __repr__(self):
         name = getattr(self.method, "name", self.method)

@@ -48,13 +48,23 @@ _PANORAMA = [
     Method("SIG-LID-IG", "SIG", rules.IG, increment=True),            # Eq. 24, Algorithm 1
 ]
 
-#: the paper's named relevance methods, by the paper's names
-METHODS: dict = {m.name: m for m in _PANORAMA}
+@dataclass(frozen=True)
+class Baseline:
+    """A method the paper compares against (Sec. 4), computed by :mod:`lidlib.baselines`."""
+    name: str
+    reference: bool   # whether it uses the reference input X̂
 
 
-def get_method(method) -> Method:
-    """A :class:`Method` from a name of :data:`METHODS` or a Method itself."""
-    if isinstance(method, Method):
+_BASELINES = [Baseline("IG", True), Baseline("GradCAM", False), Baseline("LayerCAM", False),
+              Baseline("ScoreCAM", False)]
+
+#: the paper's named methods, by the paper's names: the panorama, then the baselines
+METHODS: dict = {m.name: m for m in _PANORAMA + _BASELINES}
+
+
+def get_method(method):
+    """A :class:`Method` (or :class:`Baseline`) from a name of :data:`METHODS` or a Method itself."""
+    if isinstance(method, (Method, Baseline)):
         return method
     if isinstance(method, str) and method in METHODS:
         return METHODS[method]

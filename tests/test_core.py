@@ -4,7 +4,9 @@ import torch
 
 import lidlib
 from lidlib import toy
-from lidlib.methods import METHODS
+from lidlib.methods import METHODS, Method
+
+PANORAMA = [name for name, m in METHODS.items() if isinstance(m, Method)]
 
 import reference
 
@@ -28,7 +30,7 @@ def _data(name, model):
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", PANORAMA)
 @pytest.mark.parametrize("n_steps", [3, None])
 def test_fast_path_matches_reference_at_every_layer(model_name, method, n_steps):
     model = MODELS[model_name]()
@@ -45,7 +47,7 @@ def test_fast_path_matches_reference_at_every_layer(model_name, method, n_steps)
 
 
 @pytest.mark.parametrize("model_name", [k for k in MODELS if k.startswith("mlp")])
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", PANORAMA)
 def test_explicit_form_matches_fast_path(model_name, method):
     from lidlib import explicit
     model = MODELS[model_name]()
