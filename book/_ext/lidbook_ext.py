@@ -94,7 +94,37 @@ def _add_setup_cells(app, exception):
         nbformat.write(nb, path)
 
 
+# 4. The paper's equation numbers.  Sphinx numbers labelled equations 1, 2, 3, ... in order of
+#    appearance; the book must show and cite the paper's numbers.  An equation labelled ``eq-N``
+#    (N the paper's number, e.g. ``$$ ... $$ (eq-13)``) is numbered N, both where it is displayed
+#    and wherever ``{eq}`eq-13``` cites it.  Other equations stay unnumbered (no label).
+_PAPER_EQ = re.compile(r"^eq-(\d+)$")
+
+
+def _paper_equation_numbers():
+    from sphinx.domains.math import MathDomain
+    from sphinx.util import logging
+
+    original = MathDomain.note_equation
+    if getattr(original, "_lidbook", False):
+        return
+    log = logging.getLogger(__name__)
+
+    def note_equation(self, docname, labelid, location=None):
+        match = _PAPER_EQ.match(labelid)
+        if match is None:
+            return original(self, docname, labelid, location)
+        if labelid in self.equations and self.equations[labelid][0] != docname:
+            log.warning("duplicate label of equation %s, other instance in %s", labelid,
+                        self.equations[labelid][0], location=location)
+        self.equations[labelid] = (docname, int(match.group(1)))
+
+    note_equation._lidbook = True
+    MathDomain.note_equation = note_equation
+
+
 def setup(app):
+    _paper_equation_numbers()
     app.add_config_value("lidbook_colab_branch", "gh-pages", "html")
     app.add_config_value("lidbook_colab_path", "_sources/", "html")
     app.add_config_value("lidbook_colab_setup", DEFAULT_SETUP, "html")
