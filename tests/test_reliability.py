@@ -1,0 +1,166 @@
+"""An explanation leaves the model exactly as it was; bad input gets a clear error; results are repeatable."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lidlib
+from lidlib import rules, toy
+from lidlib.methods import METHODS, Method
+
+PANORAMA = [name for name, m in METHODS.items() if isinstance(m, Method)]
+
+
+def _inplace_cnn():
+    """A toy CNN whose ReLUs are in-place (as torchvision's VGG), some parameters frozen."""
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=5)
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = True
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+def _state(model):
+    return {
+        "modes": [m.training for m in model.modules()],
+        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "params": [p.detach().clone() for p in model.state_dict().values()],
+        "grads": [p.grad for p in model.parameters()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+                   len(getattr(m, "_backward_pre_hooks", {}))) for m in model.modules()],
+    }
+
+
+def _assert_same(a, b):
+    for key in a:
+        if key == "params":
+            assert all(torch.equal(x, y) for x, y in zip(a[key], b[key])), key
+        else:
+            assert a[key] == b[key], key
+
+
+X = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_model_unchanged_after_explanation(method):
+    model = _inplace_cnn()
+    before = _state(model)
+    layers = ["2", "5"] if method in ("GradCAM", "LayerCAM", "ScoreCAM", "IG") else None
+    lidlib.explain(model, X, torch.tensor([0, 3]), method, layers=layers)
+    _assert_same(before, _state(model))
+
+
+def test_model_unchanged_when_explanation_fails_half_way(monkeypatch):
+    model = _inplace_cnn()
+    before = _state(model)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("failure inside a forward hook")
+    monkeypatch.setattr(rules, "maxpool_substitute", boom)
+    with pytest.raises(RuntimeError, match="failure inside"):
+        lidlib.explain(model, X, 1, "LID-IG")
+    _assert_same(before, _state(model))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="out of range"):          # detected after the forward pass
+        lidlib.explain(model, X, 9, "SIG-LID-IG")
+    _assert_same(before, _state(model))
+
+
+def test_explanation_works_under_no_grad_and_matches():
+    model = toy.mlp(seed=3)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    a = lidlib.explain(model, x, 1, "SIG-LID-IG").relevance["input"]
+    with torch.no_grad():
+        b = lidlib.explain(model, x, 1, "SIG-LID-IG").relevance["input"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", PANORAMA + ["IG"])
+def test_deterministic(method):
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=6)
+    e1 = lidlib.explain(model, X, torch.tensor([1, 2]), method)
+    e2 = lidlib.explain(model, X, torch.tensor([1, 2]), method)
+    assert list(e1.relevance) == list(e2.relevance)
+    assert all(torch.equal(e1.relevance[k], e2.relevance[k]) for k in e1.relevance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_follows_the_model(dtype):
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=7, dtype=dtype)
+    e = lidlib.explain(model, X.double(), 1, "SIG-LID-IG", n_steps=None)
+    assert all(r.dtype == dtype for r in e.relevance.values())
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert e.conservation().max_rel_gap() < tol
+
+
+def test_batch_of_targets_equals_separate_calls():
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=8)
+    x = X[:1].repeat(2, 1, 1, 1)
+    both = lidlib.explain(model, x, torch.tensor([0, 3]), "SIG-LID-IG", n_steps=None)
+    for i, c in enumerate([0, 3]):
+        one = lidlib.explain(model, X[:1], c, "SIG-LID-IG", n_steps=None)
+        assert torch.allclose(both.relevance["input"][i], one.relevance["input"][0], atol=1e-12)
+
+
+def test_batch_of_references():
+    model = toy.mlp(seed=9)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    refs = torch.randn(3, 4, dtype=torch.float64)
+    e = lidlib.explain(model, x, 0, "LID-IG", baseline=refs, n_steps=None)
+    for i in range(3):
+        one = lidlib.explain(model, x[i:i + 1], 0, "LID-IG", baseline=refs[i], n_steps=None)
+        assert torch.allclose(e.relevance["input"][i], one.relevance["input"][0], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- errors
+MODEL = toy.mlp(seed=0)
+XM = torch.randn(2, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(method="LID-Tailor"), ValueError, "valid methods are: LRP-0"),
+    (dict(target=3), ValueError, r"out of range.*0\.\.2"),
+    (dict(target=-1), ValueError, "out of range"),
+    (dict(target=torch.tensor([0, 1, 2])), ValueError, "batch"),
+    (dict(target=1.5), TypeError, "target"),
+    (dict(baseline=torch.zeros(3)), ValueError, "broadcast"),
+    (dict(baseline=torch.full((4,), float("nan"))), ValueError, "NaN"),
+    (dict(x=torch.tensor([[0.0, float("inf"), 0.0, 0.0]])), ValueError, "NaN or infinite"),
+    (dict(x=torch.zeros(4)), ValueError, "batch"),
+    (dict(n_steps=0), ValueError, "n_steps"),
+    (dict(n_steps=2.5), ValueError, "n_steps"),
+])
+def test_clear_errors(kwargs, exc, match):
+    args = dict(model=MODEL, x=XM, target=0, method="LID-IG")
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        lidlib.explain(args.pop("model"), args.pop("x"), args.pop("target"), args.pop("method"), **args)
+
+
+def test_training_mode_is_refused():
+    model = copy.deepcopy(MODEL).train()
+    with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
+        lidlib.explain(model, XM, 0)
+
+
+def test_unsupported_layer_is_named():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)).double().eval()
+    with pytest.raises(TypeError, match=r"'1' \(Sigmoid\)"):
+        lidlib.explain(model, XM, 0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)).double().eval()
+    with pytest.raises(TypeError, match="logits"):
+        lidlib.explain(model, XM, 0)
+
+
+def test_stage_errors():
+    from lidlib import models
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    e = lidlib.explain(model, X, 0, "LID-IG")
+    with pytest.raises(ValueError, match="not a stage"):
+        e.heatmap(5)
+    with pytest.raises(ValueError, match="needs layers"):
+        lidlib.explain(model, X, 0, "GradCAM")
