@@ -3,5 +3,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))      # this checkout's lidlib, before any installed copy
+sys.path.insert(0, HERE)                       # tests/reference.py
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,20 @@
+# The two commands of the README.  Both install what they need from requirements*.txt first, and
+# both use this checkout's lidlib (PYTHONPATH), not an installed copy.
+PYTHON ?= python3
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+.PHONY: book test check-book bench
+
+book:            ## build the whole book, offline, executing every chapter (-W: warnings are errors)
+	$(PYTHON) -m pip install -q -r requirements.txt
+	bash scripts/build_book.sh
+
+test:            ## run the test suite (library, oracles, widgets, exercise solutions)
+	$(PYTHON) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PYTHON) -m pytest -q
+
+check-book:      ## load every built page in headless Chromium (needs: apt-get install chromium)
+	$(PYTHON) scripts/check_book.py
+
+bench:           ## speed benchmark: ratios to a plain gradient, measured in the same run
+	$(PYTHON) scripts/benchmark.py --models vgg16 efficientnet --all --oracles
