@@ -21,7 +21,7 @@ from torch import nn
 
 from .methods import Method, get_method
 from .rules import ELEMENTWISE, local_slope
-from .top import top_relevance
+from .top import stabilize, top_relevance
 
 
 @dataclass
@@ -74,6 +74,8 @@ def layer_matrix(layer: nn.Module, method: Method, x, x_ref, y, y_ref, n_steps):
         if method.rule.linear == "z+":
             A = A.clamp(min=0)
             v = A @ u
+        elif method.rule.linear == "ε":                     # LRP-ε: Eq. 5 with v_j + ε·sign(v_j)
+            v = stabilize(v, method.rule.eps)
         return A, u, v
     if isinstance(layer, ELEMENTWISE):
         mode = method.rule.elementwise

@@ -115,7 +115,9 @@ JS_LABEL_GALLERIES = """() => {
     const controls = [];
     const row = g.firstElementChild;
     let ci = 0;
-    row.querySelectorAll('select, .widget-toggle-buttons, .widget-slider, .widget-hslider').forEach(el => {
+    const sel = 'select, .widget-toggle-buttons, .widget-slider, .widget-hslider';
+    // a gallery whose only control is a slider or toggle buttons has that control as its first row
+    [...(row.matches(sel) ? [row] : []), ...row.querySelectorAll(sel)].forEach(el => {
       let kind = null, n = 0;
       if (el.tagName === 'SELECT') { kind = 'select'; n = el.options.length; }
       else if (el.classList.contains('widget-toggle-buttons')) { kind = 'toggle'; n = el.querySelectorAll('button').length; }

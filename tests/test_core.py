@@ -68,3 +68,16 @@ def test_reference_is_sensitive_to_the_rule():
     b = lidlib.explain(model, x, target, "LID-IG", baseline=baseline).relevance["input"]
     c = lidlib.explain(model, x, target, "DeepLIFT", baseline=baseline).relevance["input"]
     assert (a - b).abs().max() > 1e-3 and (b - c).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.3])
+def test_epsilon_rule_explicit_and_fast_agree(eps):
+    from lidlib import explicit, rules
+    model = MODELS["mlp-relu"]()
+    x, _, target = _data("mlp-relu", model)
+    method = lidlib.Method("LRP-ε", "logit", rules.epsilon(eps), increment=False)
+    e = lidlib.explain(model, x[:1], int(target[0]), method)
+    steps = explicit.decompose(model, x[0], int(target[0]), method)
+    assert torch.allclose(steps[-1].R_in, e.relevance["input"][0], rtol=1e-9, atol=1e-12)
+    plain = lidlib.explain(model, x[:1], int(target[0]), "LRP-0").relevance["input"]
+    assert not torch.allclose(plain, e.relevance["input"], rtol=1e-6)     # ε changes the result
