@@ -35,10 +35,11 @@ class ConservationTable(list):
         return "\n".join(lines)
 
     def _repr_html_(self):
-        body = "".join(f"<tr><td>{n}</td><td>{s:.8g}</td><td>{t:.8g}</td><td>{g:.2e}</td></tr>"
-                       for n, s, t, g in self.as_rows())
-        return ("<table><thead><tr><th>layer</th><th>Σ R</th><th>total</th><th>rel. gap</th></tr>"
-                f"</thead><tbody>{body}</tbody></table>")
+        td = '<td style="padding:2px 12px;text-align:right">'
+        body = "".join(f'<tr><td style="padding:2px 12px"><code>{n}</code></td>{td}{s:.8g}</td>{td}{t:.8g}</td>'
+                       f"{td}{g:.2e}</td></tr>" for n, s, t, g in self.as_rows())
+        head = "".join(f'<th style="padding:2px 12px">{h}</th>' for h in ("layer", "Σ R", "total", "rel. gap"))
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class Explanation:
