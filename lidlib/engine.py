@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .checks import _check_eval
 from .explanation import Explanation
@@ -33,6 +35,41 @@ def check_model(model: nn.Module) -> None:
                          "linear layers: Conv, Linear, BatchNorm (eval), AvgPool, AdaptiveAvgPool, Flatten, "
                          "Dropout (eval), Identity, zero/constant padding.")
             raise TypeError(f"lidlib cannot explain layer {name or '<model>'!r} ({type(m).__name__}).{hint}")
+
+
+#: non-linear functions that, called in a model's own forward code (outside a layer module), would
+#: silently be treated with their local gradient: lidlib refuses them and asks for a module instead
+NONLINEAR_FUNCTIONS = {
+    F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6,
+    F.leaky_relu, F.leaky_relu_, F.hardtanh, F.hardtanh_, F.elu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.sigmoid, torch.sigmoid, torch.Tensor.sigmoid, F.tanh, torch.tanh, torch.Tensor.tanh,
+    F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, F.max_pool1d, F.max_pool2d,
+    F.max_pool3d, torch.max_pool2d, F.adaptive_max_pool2d, torch.clamp, torch.Tensor.clamp,
+    torch.clamp_min, torch.Tensor.clamp_min, torch.clamp_max, torch.Tensor.clamp_max,
+    torch.maximum, torch.minimum, torch.abs, torch.Tensor.abs,
+}
+
+
+class _FunctionalGuard(TorchFunctionMode):
+    """Raise if the model's forward code calls a non-linear function outside a layer module."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth = 0
+
+    def enter(self, module, args):
+        self.depth += 1
+
+    def leave(self, module, args, output):
+        self.depth -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.depth == 0 and func in NONLINEAR_FUNCTIONS:
+            name = getattr(func, "__qualname__", getattr(func, "__name__", str(func)))
+            raise TypeError(f"the model's forward code calls the non-linear function {name} outside a "
+                            "layer module; lidlib propagates relevance through modules only, so write it "
+                            "as a module (e.g. nn.ReLU(), nn.MaxPool2d(...)) in the model")
+        return func(*args, **(kwargs or {}))
 
 
 @contextmanager
@@ -96,22 +133,27 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     ``keep``: names of the layers whose relevance to return (None: all); the input is always kept.
     """
     names = {m: name for name, m in model.named_modules() if name}
+    leaves = [m for m in names if next(m.children(), None) is None]
+    guard = _FunctionalGuard()
     with patched(model) as handles:
         reference = None
         z_ref = torch.zeros((), dtype=x.dtype)
         if method.increment:
             reference = _Pass(names)
             handles += [m.register_forward_hook(reference.hook) for m in names]
-            with torch.no_grad():
+            handles += _guard_hooks(guard, leaves)
+            with torch.no_grad(), guard:
                 z_ref = model(baseline)
             for h in handles:
                 h.remove()
             handles.clear()
         actual = _Pass(names, reference, method, n_steps)
         handles += [m.register_forward_hook(actual.hook) for m in names]
+        handles += _guard_hooks(guard, leaves)
         with torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)
-            z = model(x_in)
+            with guard:
+                z = model(x_in)
             _check_logits(z, target, x)
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
             wanted = None if keep is None else {actual.aliases.get(k, k) for k in keep}
@@ -126,6 +168,12 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     return Explanation(relevance, r_top, method, target, z.detach(),
                        z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
                        aliases=actual.aliases, input_shape=x.shape)
+
+
+def _guard_hooks(guard: _FunctionalGuard, leaves):
+    """Count the depth inside layer modules; the leave hook runs after the rule's forward hook."""
+    return ([m.register_forward_pre_hook(guard.enter) for m in leaves]
+            + [m.register_forward_hook(guard.leave) for m in leaves])
 
 
 def _check_logits(z, target, x):

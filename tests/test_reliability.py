@@ -164,3 +164,20 @@ def test_stage_errors():
         e.heatmap(5)
     with pytest.raises(ValueError, match="needs layers"):
         lidlib.explain(model, X, 0, "GradCAM")
+
+
+class _FunctionalReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_functional_nonlinearity_in_forward_code_is_refused():
+    model = _FunctionalReLU().double().eval()
+    before = _state(model)
+    with pytest.raises(TypeError, match="write it as a module"):
+        lidlib.explain(model, XM, 0, "LID-IG")
+    _assert_same(before, _state(model))
