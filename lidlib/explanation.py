@@ -20,8 +20,12 @@ class ConservationRow:
 class ConservationTable(list):
     """Rows of :class:`ConservationRow`, input first; prints as a table (first sample of the batch)."""
 
+    aliases: dict = {}
+
     def max_rel_gap(self, layers=None) -> float:
-        rows = [r for r in self if layers is None or r.layer in layers]
+        """Worst relative gap over ``layers`` (module names; containers resolve to their last child)."""
+        wanted = None if layers is None else {self.aliases.get(n, n) for n in layers}
+        rows = [r for r in self if wanted is None or r.layer in wanted]
         return max(float(r.rel_gap.max()) for r in rows)
 
     def as_rows(self, sample: int = 0):
@@ -91,6 +95,7 @@ class Explanation:
                              "it has no conservation to measure")
         scale = self.top.abs().sum(dim=1).clamp_min(torch.finfo(self.top.dtype).tiny)
         table = ConservationTable()
+        table.aliases = self.aliases
         for name, r in self.relevance.items():
             s = r.flatten(1).sum(dim=1)
             table.append(ConservationRow(name, s, self.total, (s - self.total).abs() / scale))
