@@ -124,114 +124,257 @@ def local_slope(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return d
 
 
-def _count_above(x_ref, dx, b, n, strict):
-    """#{k ∈ 1..n : x̂ + (k/n)Δ > b} (``≥ b`` if not strict), in closed form."""
-    safe = torch.where(dx == 0, torch.ones_like(dx), dx)
-    r = (b - x_ref) * n / safe
-    if strict:
-        up = n - torch.clamp(torch.floor(r), 0, n)          # Δ > 0: k > r
-        down = torch.clamp(torch.ceil(r) - 1, 0, n)         # Δ < 0: k < r
-        flat = n * (x_ref > b).to(x_ref.dtype)
-    else:
-        up = n - torch.clamp(torch.ceil(r) - 1, 0, n)       # Δ > 0: k ≥ r
-        down = torch.clamp(torch.floor(r), 0, n)            # Δ < 0: k ≤ r
-        flat = n * (x_ref >= b).to(x_ref.dtype)
-    return torch.where(dx > 0, up, torch.where(dx < 0, down, flat))
+def _count_above(gap: torch.Tensor, dx: torch.Tensor, n_steps: Optional[int]) -> torch.Tensor:
+    """How much of the path ``x̂ → x`` lies beyond one breakpoint ``b`` (one term of Eq. 21).
+
+    ``gap ≥ 0``: how far the path's end beyond ``b`` lies past it; ``q = gap/Δx`` carries the sign
+    of ``Δx``, i.e. which end that is (a mirrored breakpoint passes ``gap ≤ 0``).  Exact: the share
+    ``min(|q|, 1)``.  Samples ``x̂ + (k/n)Δx``, k = 1..n: the count ``⌈n|q|⌉`` of those beyond ``b``
+    where the far end is ``x`` (q > 0), one fewer where it is ``x̂`` (q < 0: t = 0 is not sampled),
+    a sample on ``b`` not being beyond — both cases are ``⌈|nq + ½| − ½⌉``.  ``Δx = 0`` gives ±inf
+    (all or nothing), ``gap = Δx = 0`` NaN → 0.  Float arithmetic only, in place on ``gap``.
+    """
+    q = gap.div_(dx)            # exactly ±1 where x or x̂ lies on b
+    if n_steps is None:
+        return q.abs_().clamp_(max=1).nan_to_num_(0.0)
+    n = n_steps
+    half = torch.tensor(0.5, dtype=q.dtype, device=q.device)
+    count = torch.add(half, q, alpha=n, out=q).abs_().sub_(0.5).ceil_()           # nq + ½ first
+    return count.clamp_(max=n).nan_to_num_(0.0)
+
+
+def _slope_counts(module: nn.Module, x, x_ref, y, y_ref, n_steps: Optional[int]):
+    """``(s, scale)`` with ``D̄ = scale·s``: sample counts and ``1/n`` for ``n_steps = n``, else the
+    exact shares and 1 — see :func:`path_slope`.  Two buffers, a few in-place passes."""
+    left, kinks = _breakpoints(module)
+    n = 1 if n_steps is None else n_steps
+    dx = torch.sub(x, x_ref)
+    d = None
+    for b, jump, strict in kinks:
+        if strict and type(module) is nn.ReLU and y_ref is not None:    # max(x, x̂, 0) = max(y, ŷ)
+            gap = torch.maximum(y, y_ref)
+        elif strict:    # σ' gains `jump` above b: gap = how far the upper end lies above b
+            gap = torch.maximum(x, x_ref).clamp_(min=b)
+        else:           # σ' loses `jump` below b: gap = −(how far the lower end lies below b)
+            gap = torch.minimum(x, x_ref).clamp_(max=b)
+            left, jump = left + jump, -jump
+        share = _count_above(gap.sub_(b) if b else gap, dx, n_steps)
+        if d is None:
+            d = share if jump == 1 else share.mul_(jump)
+        else:
+            d.add_(share, alpha=jump)
+    return (d.add_(left * n) if left else d), 1.0 / n
 
 
 def path_slope(module: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, y: torch.Tensor,
                y_ref: torch.Tensor, n_steps: Optional[int]) -> torch.Tensor:
     """Diagonal of ``D̄`` for an element-wise layer on the path ``x̂ → x`` (Eq. 21).
 
-    ``n_steps = n``: the mean of σ' at ``x̂ + (k/n)Δx``, k = 1..n, counted in closed form.
-    ``n_steps = None``: the exact average, the secant slope ``Δy/Δx`` (σ'(x) where ``Δx = 0``).
+    σ' is a step function, ``σ'(p) = left + Σ_b jump_b·[p > b]`` (``[p ≥ b] = 1 − [p < b]`` at a
+    non-strict breakpoint), so its path average is ``left + Σ_b jump_b·share_b``, one closed-form
+    share per breakpoint (:func:`_count_above`): for ``n_steps = n`` the share of the samples
+    ``x̂ + (k/n)Δx``, k = 1..n; for ``n_steps = None`` the exact share, which makes ``D̄`` the
+    secant slope ``Δy/Δx`` (σ'(x) where ``Δx = 0``).
     """
-    dx = x - x_ref
-    if n_steps is None:
-        dy = y - y_ref
-        safe = torch.where(dx == 0, torch.ones_like(dx), dx)
-        return torch.where(dx == 0, local_slope(module, x), dy / safe)
-    left, kinks = _breakpoints(module)
-    d = torch.full_like(dx, left * n_steps)
-    for b, jump, strict in kinks:
-        d = d + jump * _count_above(x_ref, dx, b, n_steps, strict)
-    return d / n_steps
+    d, _ = _slope_counts(module, x, x_ref, y, y_ref, n_steps)
+    return d if n_steps is None else d.div_(n_steps)
 
 
 def elementwise_substitute(module, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
-    """Replacement output of an element-wise layer whose backward multiplies by ``D̄``."""
-    m = path_slope(module, x.detach(), x_ref, y.detach(), y_ref, n_steps)
-    return substitute(x, y, lambda g: g * m)
+    """Replacement output of an element-wise layer whose backward multiplies by ``D̄`` (Eq. 21).
+
+    ``D̄`` is computed in the backward pass, in the buffer of the gradient it returns (no stored
+    ``D̄``); like autograd's saved tensors, ``x``, ``y`` and the references must not be modified in
+    place in between, which is checked."""
+    xd, yd = x.detach(), y.detach()
+    inputs = [t for t in (xd, x_ref, yd, y_ref) if isinstance(t, torch.Tensor)]
+    versions = [t._version for t in inputs]
+
+    def vjp(g):
+        if [t._version for t in inputs] != versions:
+            raise RuntimeError(f"lidlib: the input or output of {type(module).__name__} was modified in "
+                               "place after the forward pass; its path average D̄ (Eq. 21) needs them")
+        d, scale = _slope_counts(module, xd, x_ref, yd, y_ref, n_steps)
+        if scale == 1:
+            return d.mul_(g)
+        return torch.addcmul(torch.zeros((), dtype=d.dtype, device=d.device), d, g, value=scale, out=d)
+
+    return substitute(x, y, vjp)
 
 
 # --------------------------------------------------------------------------- max-pool
-def _windows(module: nn.MaxPool2d, t: torch.Tensor, out_hw, fill: float):
-    """Unfold ``t`` (B, C, H, W) into pooling windows (B, C, K, L), padding with ``fill``."""
-    k, s = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
-    p, d = _pair(module.padding), _pair(module.dilation)
-    squeeze = t.dim() == 3
-    if squeeze:
-        t = t[None]
+def _geometry(module: nn.MaxPool2d):
+    """``(kernel, stride, padding, dilation)`` as pairs."""
+    k = _pair(module.kernel_size)
+    return k, _pair(module.stride or module.kernel_size), _pair(module.padding), _pair(module.dilation)
+
+
+def _window_map(module: nn.MaxPool2d, hw, out_hw) -> Optional[torch.Tensor]:
+    """Flat input position (``H·W`` for padding) of every pixel of the window image of :func:`_windows`,
+    or None where the window image is the input itself: kernel = stride, no padding or dilation, and
+    windows that tile the input exactly (VGG's 2×2/2)."""
+    (kh, kw), s, p, d = _geometry(module)
+    (H, W), (Ho, Wo) = hw, out_hw
+    if (kh, kw) == s and p == (0, 0) and d == (1, 1) and (H, W) == (Ho * kh, Wo * kw):
+        return None
+    rows = (torch.arange(Ho)[:, None] * s[0] - p[0] + torch.arange(kh) * d[0]).reshape(-1, 1)
+    cols = (torch.arange(Wo)[:, None] * s[1] - p[1] + torch.arange(kw) * d[1]).reshape(1, -1)
+    inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
+    return torch.where(inside, rows * W + cols, H * W).reshape(-1)
+
+
+def _transpose(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[b] = t[b]ᵀ`` for (B, M, N) → (B, N, M), one 2-D copy per sample (the fast kernel)."""
+    for i in range(t.shape[0]):
+        out[i].copy_(t[i].t())
+    return out
+
+
+def _windows(t: torch.Tensor, wmap: Optional[torch.Tensor], image_hw, fill: float) -> torch.Tensor:
+    """The pooling windows of ``t`` (B, C, H, W) as a *window image* (B, Ho·kh, Wo·kw, C), channels
+    last: window (i, j) is tile (i, j), its elements in PyTorch's scan order, padding = ``fill``
+    (``wmap`` from :func:`_window_map`).  A kernel = stride pooling of the image (fast: channels
+    last) is the layer's own pooling."""
     B, C, H, W = t.shape
-    spans = [d[i] * (k[i] - 1) + 1 for i in range(2)]
-    size = [max((H, W)[i] + 2 * p[i], (out_hw[i] - 1) * s[i] + spans[i]) for i in range(2)]
-    tp = F.pad(t, (p[1], size[1] - W - p[1], p[0], size[0] - H - p[0]), value=fill)
-    u = F.unfold(tp, k, dilation=d, stride=s).view(B, C, k[0] * k[1], -1)
-    geometry = dict(kernel_size=k, dilation=d, stride=s, size=size, pad=p, hw=(H, W), squeeze=squeeze)
-    return u, geometry
-
-
-def _fold(u: torch.Tensor, geometry) -> torch.Tensor:
-    """Adjoint of :func:`_windows`: scatter-add windows (B, C, K, L) back to (B, C, H, W)."""
-    B, C, K, L = u.shape
-    out = F.fold(u.reshape(B, C * K, L), geometry["size"], geometry["kernel_size"],
-                 dilation=geometry["dilation"], stride=geometry["stride"])
-    (p0, p1), (H, W) = geometry["pad"], geometry["hw"]
-    out = out[..., p0:p0 + H, p1:p1 + W]
-    return out[0] if geometry["squeeze"] else out
+    rows = t.new_empty(B, H * W + (wmap is not None), C)
+    _transpose(t.reshape(B, C, H * W), rows[:, :H * W])
+    if wmap is None:
+        return rows.view(B, H, W, C)
+    rows[:, -1] = fill
+    return rows[:, wmap].view(B, *image_hw, C)
 
 
 def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Tensor, out_hw,
                          n_steps: Optional[int]):
-    """``D̄`` of a max-pool layer as per-window weights (B, C, K, L) (Eq. 21).
+    """``D̄`` of a max-pool layer (Eq. 21): per window, the share of the path ``x̂ → x`` on which
+    each input is the window's maximum (first index on ties, as PyTorch), at the samples ``t = k/n``
+    (``n_steps = n``) or exactly (``None``).
 
-    Weight ``i`` of a window is the share of the path ``x̂ → x`` on which input ``i`` is the
-    window's maximum (first index on ties, as PyTorch): sampled at ``k/n`` for ``n_steps = n``, or
-    exactly for ``n_steps = None`` — along the path each input is a line ``x̂_i + tΔ_i`` and the
-    window's maximum is their upper envelope, so input ``i`` wins on one interval of ``t``.
+    Along the path each input is a line ``a + t·b`` (``a = x̂``, ``b = x − x̂``).  Let ``w0``, ``w1``
+    win at ``t = 0`` and ``t = 1``.  Where ``w0 = w1`` that line wins throughout; otherwise the two
+    lines cross at ``t* = (a_w0 − a_w1)/(b_w1 − b_w0)`` and, unless a third line reaches their upper
+    envelope at ``t*``, ``w0`` wins on ``[0, t*)`` and ``w1`` on ``(t*, 1]`` (a sample on ``t*``
+    goes to the lower index).  The few windows where a third line does are solved by
+    :func:`path_shares`.  All windows are handled at once as channels-last *window images*
+    (:func:`_windows`), whose PyTorch max-pooling gives the winners at t = 0, 1 and t*.
+
+    Returns a dict: the input positions ``i0``, ``i1`` (B, C, L) of ``w0``, ``w1`` with their shares
+    ``s0``, ``s1`` (0 in the general windows), and ``rows`` = (flat window index, flat input positions
+    (N, K), shares (N, K)) of the general windows, or None.
     """
-    fill = float(torch.minimum(x.min(), x_ref.min())) - 1.0 if x.numel() else 0.0
-    a, geo = _windows(module, x_ref.expand_as(x), out_hw, fill)
-    b, _ = _windows(module, x - x_ref, out_hw, 0.0)
+    squeeze = x.dim() == 3
+    if squeeze:
+        x, x_ref = x[None], (x_ref[None] if x_ref.dim() == 3 else x_ref)
+    x_ref0, x_ref = x_ref, x_ref.expand_as(x)
+    B, C, H, W = x.shape
+    (kh, kw), _, _, _ = _geometry(module)
+    Ho, Wo = out_hw
+    wmap = _window_map(module, (H, W), out_hw)
+    wmap = None if wmap is None else wmap.to(x.device)
+    low = torch.finfo(x.dtype).min                          # padding: below every input, and a − a = 0
+    image = (Ho * kh, Wo * kw)
+    a, e = _windows(x_ref, wmap, image, low), _windows(x, wmap, image, low)   # window images
+    e.sub_(a).add_(a)                                      # the lines at t = 1 as sampled: a + 1·(x − a)
+    pool = lambda img: F.max_pool2d(img.permute(0, 3, 1, 2), (kh, kw), return_indices=True)
+    flat = lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, C)          # (B, L, C) views
+    (m0, i0), (m1, i1) = pool(a), pool(e)                # winners at t = 0 and t = 1
+    m0, i0, m1, i1 = flat(m0), flat(i0), flat(m1), flat(i1)
+    a1, c0 = a.view(B, -1, C).gather(1, i1), e.view(B, -1, C).gather(1, i0)
+    db = m1.sub_(a1).sub_(c0.sub_(m0))                    # b_w1 − b_w0
+    t = torch.sub(m0, a1, out=a1).div_(db).nan_to_num_(0.0).clamp_(0, 1)   # t*; 0 where w0 = w1
+    # a third line above the two-line envelope at t*: the pooled winner at t* is neither w0 nor w1
+    a.view(B, Ho, kh, Wo, kw, C).lerp_(e.view(B, Ho, kh, Wo, kw, C), t.view(B, Ho, 1, Wo, 1, C))
+    im = flat(pool(a)[1])
+    general = im.sub(i0).mul_(im.sub_(i1)).nonzero()      # (batch, window, channel) rows
+    del a, e, im
+    s0 = t
+    if n_steps is not None:     # w0 takes the samples k ≤ n·t*, but k < n·t* if w1 < w0 (a tie at
+        n = n_steps             # t* goes to the lower index)
+        u = t.mul_(n)
+        s0 = u.floor()
+        tie = torch.eq(s0, u).logical_and_(i1 < i0).view(-1).nonzero().squeeze(1)
+        s0.view(-1).index_copy_(0, tie, s0.view(-1).index_select(0, tie).sub_(1).clamp_(min=0))
+        s0.div_(n)
+    # to (B, C, L) and input positions: the backward pass scatters straight into the input gradient
+    L = Ho * Wo
+    i0, i1 = _transpose(i0, i0.new_empty(B, C, L)), _transpose(i1, i1.new_empty(B, C, L))
+    s0 = _transpose(s0, s0.new_empty(B, C, L))
+    if wmap is not None:
+        i0, i1 = wmap[i0], wmap[i1]
+    rows = None
+    if general.numel():         # windows where a third line matters: every line, by path_shares
+        bi, li, ci = general.unbind(1)
+        plane = bi * C + ci
+        offsets = torch.arange(kh, device=x.device)[:, None] * (Wo * kw) + torch.arange(kw, device=x.device)
+        pos = ((li // Wo) * (kh * Wo * kw) + (li % Wo) * kw)[:, None] + offsets.reshape(-1)   # in the image
+        if wmap is not None:
+            pos = wmap[pos]                                  # input positions; H·W = padding
+        pad = pos == H * W
+        pos = pos.clamp_(max=H * W - 1)
+
+        def at(t):                                           # t[b, c] at the positions, (N, K)
+            if t.dim() == 4 and t.shape[1:] == x.shape[1:] and t.is_contiguous():
+                idx = pos + (((bi if t.shape[0] > 1 else 0) * C + ci) * (H * W))[:, None]
+                return t.reshape(-1).index_select(0, idx.view(-1)).view(idx.shape)
+            return t.expand(B, C, H, W)[bi[:, None], ci[:, None], pos // W, pos % W]
+        la = at(x_ref0)
+        lb = at(x) - la
+        pos = pos.add_(plane[:, None] * (H * W))             # flat in x
+        if pad.any():                                        # a flat line below every real one
+            la = la.masked_fill(pad, float(torch.minimum(la, la + lb)[~pad].min()) - 1.0)
+            lb = lb.masked_fill(pad, 0.0)
+        window = plane * L + li                              # flat in (B, C, L)
+        s0.view(-1).index_fill_(0, window, 0.0)
+        rows = (window, pos, path_shares(la, lb, n_steps))
+    s1 = torch.sub(1, s0)
+    if rows is not None:
+        s1.view(-1).index_fill_(0, rows[0], 0.0)
+    return dict(i0=i0, s0=s0, i1=i1, s1=s1, rows=rows, squeeze=squeeze)
+
+
+def path_shares(a: torch.Tensor, b: torch.Tensor, n_steps: Optional[int]) -> torch.Tensor:
+    """For rows of lines ``a_i + t b_i`` (N, K): the share of t ∈ [0, 1] on which each line is
+    the row's maximum — at the samples ``t = k/n`` (``n_steps = n``), or exactly (None), where
+    line ``i`` wins on the interval ``[max_j lower_ij, min_j upper_ij]`` of its pairwise wins."""
     if n_steps is not None:
-        w = torch.zeros_like(b)
-        for k in range(1, n_steps + 1):
-            idx = torch.argmax(a + (k / n_steps) * b, dim=2, keepdim=True)
-            w.scatter_add_(2, idx, torch.full_like(idx, 1.0 / n_steps, dtype=b.dtype))
-        return w, geo
-    K = a.shape[2]
-    da = a[:, :, :, None, :] - a[:, :, None, :, :]      # line_i − line_j = da + t·db
-    db = b[:, :, :, None, :] - b[:, :, None, :, :]
+        t = (torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps)       # k/n, as a Python float
+             .to(a.dtype).to(a.device))
+        win = torch.argmax(a[:, None, :] + t[:, None] * b[:, None, :], dim=2)      # (N, n), first index
+        return torch.zeros_like(a).scatter_add_(1, win, torch.full_like(win, 1, dtype=a.dtype)).div_(n_steps)
+    K = a.shape[1]
+    da = a[:, :, None] - a[:, None, :]                  # line_i − line_j = da + t·db
+    db = b[:, :, None] - b[:, None, :]
     inf = torch.tensor(float("inf"), dtype=a.dtype, device=a.device)
-    i_first = torch.ones(K, K, dtype=torch.bool, device=a.device).triu(1)[None, None, :, :, None]
-    eye = torch.eye(K, dtype=torch.bool, device=a.device)[None, None, :, :, None]
+    i_first = torch.ones(K, K, dtype=torch.bool, device=a.device).triu(1)
+    eye = torch.eye(K, dtype=torch.bool, device=a.device)
     safe = torch.where(db == 0, torch.ones_like(db), db)
     cross = -da / safe
     wins_flat = (da > 0) | ((da == 0) & i_first) | eye
     lower = torch.where(db > 0, cross, torch.where(db < 0, -inf, torch.where(wins_flat, -inf, inf)))
     upper = torch.where(db < 0, cross, inf)
-    lo = lower.amax(dim=3).clamp(0, 1)
-    hi = upper.amin(dim=3).clamp(0, 1)
-    return (hi - lo).clamp(min=0), geo
+    lo = lower.amax(dim=2).clamp(0, 1)
+    hi = upper.amin(dim=2).clamp(0, 1)
+    return (hi - lo).clamp(min=0)
 
 
 def maxpool_substitute(module, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
-    """Replacement output of a max-pool layer whose backward applies ``D̄`` (Eq. 21)."""
-    w, geo = maxpool_path_weights(module, x.detach(), x_ref, y.shape[-2:], n_steps)
+    """Replacement output of a max-pool layer whose backward applies ``D̄`` (Eq. 21): the output
+    gradient goes to ``w0`` and ``w1`` of each window with their shares (and to every input of a
+    window solved in general, with its :func:`path_shares`)."""
+    p = maxpool_path_weights(module, x.detach(), x_ref, y.shape[-2:], n_steps)
+    H, W = x.shape[-2:]
 
     def vjp(g):
-        gg = g[None] if geo["squeeze"] else g
-        return _fold(w * gg.reshape(gg.shape[0], gg.shape[1], 1, -1), geo)
+        gg = g[None] if p["squeeze"] else g
+        B, C = gg.shape[:2]
+        gf = gg.reshape(B, C, -1)
+        out = gf.new_zeros(B, C, H * W)
+        out.scatter_add_(2, p["i0"], gf * p["s0"]).scatter_add_(2, p["i1"], gf * p["s1"])
+        if p["rows"] is not None:
+            window, pos, w = p["rows"]
+            out.view(-1).index_add_(0, pos.view(-1), (gf.reshape(-1).index_select(0, window)[:, None] * w).view(-1))
+        out = out.view(B, C, H, W)
+        return out[0] if p["squeeze"] else out
 
     return substitute(x, y, vjp)
 

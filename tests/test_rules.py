@@ -68,3 +68,128 @@ def test_elementwise_exact_is_secant(act):
     fast = rules.path_slope(act, x, x_ref, act(x), act(x_ref), None)
     slow = torch.diagonal(reference.elementwise_exact(act, x, x_ref))
     assert torch.allclose(fast, slow, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- the fast closed forms
+ACTS = [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.2), nn.Hardtanh(-1.5, 2.0)]
+
+
+def _random_path(n_el=3000, seed=0):
+    """Random float64 paths, with some on a kink, some with x = x̂ and some on integer grids (exact ties)."""
+    g = torch.Generator().manual_seed(seed)
+    x_ref = torch.randn(n_el, generator=g, dtype=torch.float64) * 4
+    x = torch.randn(n_el, generator=g, dtype=torch.float64) * 4
+    x[:200] = x_ref[:200]                                     # Δx = 0
+    x[200:400], x_ref[200:400] = x[200:400].round(), x_ref[200:400].round()   # samples on kinks
+    x[400:500] = 0.0
+    x_ref[500:600] = 6.0
+    return x, x_ref
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_elementwise_counts_match_sampled_derivatives_on_random_paths(act, n):
+    x, x_ref = _random_path()
+    fast = rules.path_slope(act, x, x_ref, act(x), act(x_ref), n)
+    slow = torch.stack([reference._slope(act, x_ref + (k / n) * (x - x_ref)) for k in range(1, n + 1)]).mean(0)
+    assert torch.allclose(fast, slow, rtol=0, atol=1e-14), (fast - slow).abs().max()
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_elementwise_exact_is_secant_on_random_paths(act):
+    x, x_ref = _random_path(seed=1)
+    fast = rules.path_slope(act, x, x_ref, act(x), act(x_ref), None)
+    dx = x - x_ref
+    secant = torch.where(dx == 0, reference._slope(act, x), (act(x) - act(x_ref)) / dx)
+    assert torch.allclose(fast, secant, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("n", [4, None])
+def test_elementwise_backward_is_path_slope_times_gradient(act, n):
+    """The substitute computes D̄ lazily in its backward pass; also for a batch-1 and a 0-dim reference."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 7, generator=g, dtype=torch.float64) * 3
+    for x_ref in (torch.randn(1, 5, 7, generator=g, dtype=torch.float64), torch.zeros((), dtype=torch.float64)):
+        xg = x.clone().requires_grad_(True)
+        out = rules.elementwise_substitute(act, xg, x_ref, act(xg), act(x_ref), n)
+        assert torch.equal(out, act(x))
+        grad_out = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        (grad,) = torch.autograd.grad(out, xg, grad_out)
+        expected = grad_out * rules.path_slope(act, x, x_ref.expand_as(x), act(x), act(x_ref).expand_as(x), n)
+        assert torch.allclose(grad, expected, rtol=1e-15, atol=1e-15)
+
+
+def test_elementwise_backward_refuses_inputs_modified_in_place():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    h = x * 1.0
+    out = rules.elementwise_substitute(nn.ReLU(), h, torch.zeros(()), torch.relu(h), torch.zeros(()), 3)
+    with torch.no_grad():
+        h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()
+
+
+POOLS = [nn.MaxPool2d(2), nn.MaxPool2d(2, padding=1), nn.MaxPool2d(3, stride=1), nn.MaxPool2d(2, ceil_mode=True),
+         nn.MaxPool2d(3, stride=2, padding=1), nn.MaxPool2d(2, stride=1, dilation=2), nn.MaxPool2d((2, 3))]
+
+
+def _random_maxpool_input(kind, seed):
+    """Random windows; VGG-like ones (a reference map constant per channel, ReLU zeros: ties at x̂ and
+    at x, crossings at t = 1) and inputs on a grid (exact ties at sample points)."""
+    g = torch.Generator().manual_seed(seed)
+    C, H, W = 3, 6, 7
+    x = torch.randn(1, C, H, W, generator=g, dtype=torch.float64)
+    x_ref = torch.randn(1, C, H, W, generator=g, dtype=torch.float64)
+    if kind in ("vgg", "grid"):
+        x_ref = torch.randn(1, C, 1, 1, generator=g, dtype=torch.float64).expand(1, C, H, W).clone()
+        x_ref[:, 0, 2] += 0.7
+    if kind == "vgg":
+        x, x_ref = x.relu(), x_ref.relu()
+    if kind == "grid":
+        x = (4 * x).round() / 4
+    return x, x_ref
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("kind", ["random", "vgg", "grid"])
+def test_maxpool_two_line_closed_form_matches_window_loops(pool, kind):
+    for seed in range(3):
+        x, x_ref = _random_maxpool_input(kind, seed)
+        for n in (1, 3, 10, None):
+            fast = _fast_maxpool_matrix(pool, x, x_ref, n)
+            slow = reference.maxpool_matrix(pool, x.shape[1:], x.reshape(-1), x_ref.reshape(-1), n)
+            assert torch.allclose(fast, slow, atol=1e-12), (seed, n, (fast - slow).abs().max())
+
+
+def test_maxpool_third_line_windows_use_the_general_solver():
+    """Two lines tied at x̂ with different slopes, and a third line above the crossing of w0 and w1."""
+    x_ref = torch.tensor([[1.0, 1.0], [0.5, 0.2]], dtype=torch.float64)[None, None]
+    delta = torch.tensor([[0.0, 0.5], [2.0, 0.0]], dtype=torch.float64)[None, None]
+    pool = nn.MaxPool2d(2)
+    p = rules.maxpool_path_weights(pool, x_ref + delta, x_ref, (1, 1), None)
+    assert p["rows"] is not None and p["rows"][0].tolist() == [0]
+    exact = _fast_maxpool_matrix(pool, x_ref + delta, x_ref, None)
+    assert torch.allclose(exact, torch.tensor([[0.0, 1 / 3, 2 / 3, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1)])
+@pytest.mark.parametrize("n", [10, None])
+def test_maxpool_batch_broadcast_and_unbatched_inputs(pool, n):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64).relu()
+    x_ref = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64).relu()
+    grad_out = torch.randn(pool(x).shape, generator=g, dtype=torch.float64)
+
+    def grad(x, x_ref, grad_out):
+        xg = x.clone().requires_grad_(True)
+        out = rules.maxpool_substitute(pool, xg, x_ref, pool(xg), None, n)
+        assert torch.equal(out, pool(x))
+        return torch.autograd.grad(out, xg, grad_out)[0]
+    batch = grad(x, x_ref, grad_out)
+    for b in range(3):
+        assert torch.equal(batch[b], grad(x[b], x_ref[0], grad_out[b]))               # unbatched (C, H, W)
+        A = reference.maxpool_matrix(pool, x.shape[1:], x[b].reshape(-1), x_ref[0].reshape(-1), n)
+        assert torch.allclose(batch[b].reshape(-1), grad_out[b].reshape(-1) @ A, atol=1e-12)
+    zero = grad(x, torch.zeros((), dtype=torch.float64), grad_out)
+    assert torch.equal(zero, grad(x, torch.zeros_like(x), grad_out))
