@@ -1,0 +1,277 @@
+"""The experiment runner: CSV format, resuming after an interruption, and errors before any file is written."""
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lidlib.toy
+from lidlib import experiment as X
+from lidlib import metrics as M
+from lidlib.models import Preprocess
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread for these tests (restored afterwards): on a busy 2-core machine, two threads
+    that wait on each other were many times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+SIZE = 16
+METHODS = ["LRP-0", "SIG-LID-IG", "LayerCAM"]
+
+
+def toy_model():
+    """A seeded float64 CNN that carries what the runner needs (preprocess, input size, stages, name)."""
+    m = lidlib.toy.cnn(3, SIZE, 10, seed=3)
+    m.stages = {"s1": "1", "s2": "2", "s3": "3", "s4": "4", "s5": "5"}
+    m.preprocess = Preprocess([0.5] * 3, [0.25] * 3)
+    m.input_size = SIZE
+    m.display_name = "toy-cnn"
+    return m
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((20, 24 + i, 3)) * 255).astype("uint8")).save(d / f"im{i}.png")
+    return d
+
+
+def rows_of(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def run(folder, out, metric="probability-change", methods=METHODS, **kw):
+    kw.setdefault("progress", False)
+    return X.run(metric, methods, folder, out, model=toy_model(), **kw)
+
+
+def test_csv_format_and_figure(folder, tmp_path):
+    out = tmp_path / "r.csv"
+    res = run(folder, out, ["probability-change", "minimal-patch"], radii=(0, 1, 2))
+    rows = rows_of(out)
+    assert tuple(rows[0]) == X.COLUMNS
+    body = rows[1:]
+    assert len(body) == 3 * len(METHODS) * (len(M.RATIOS) + 3) == len(res)
+    assert {r[0] for r in body} == {"im0.png", "im1.png", "im2.png"}
+    assert {r[2] for r in body} == {"toy-cnn"} and {r[5] for r in body} == {"s5"}
+    pc = [r for r in body if r[4] == "probability-change"]
+    assert sorted({r[6] for r in pc}, key=float) == [f"{r:g}" for r in M.RATIOS]
+    for r in body:
+        float(r[7])
+        assert int(r[1]) in range(10)
+    # one explanation serves both metrics, and the values are those of lidlib.metrics
+    model = toy_model()
+    x = lidlib.images.load_image(folder / "im1.png", model).double()
+    c = int(model(x).argmax())
+    e = lidlib.explain(model, x, c, "SIG-LID-IG")
+    curve = M.probability_change(model, x, c, e.heatmap(5), seed=X._seed_for(0, "im1.png"))
+    got = [float(r[7]) for r in pc if r[0] == "im1.png" and r[3] == "SIG-LID-IG"]
+    assert np.allclose(got, curve.delta[0].numpy(), atol=1e-12)
+    assert [p.name for p in res.figures] == ["r-probability-change.png", "r-minimal-patch.png"]
+    for p in res.figures:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    means = res.mean("minimal-patch", "s5")
+    assert list(means) == METHODS and means["LRP-0"][0] == ["0", "1", "2"]
+
+
+def test_resume_after_interruption(folder, tmp_path, monkeypatch):
+    full = tmp_path / "full.csv"
+    run(folder, full, figure=False)
+    expected = sorted(tuple(r) for r in rows_of(full)[1:])
+
+    out = tmp_path / "part.csv"
+    real = X._compute
+    calls = []
+
+    def interrupted(*args, **kw):
+        calls.append((args[1].name, args[3]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(X, "_compute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(folder, out, figure=False)
+    part = rows_of(out)
+    assert len(part) == 1 + 2 * len(M.RATIOS)          # header and two complete (image, method) pairs
+    # a run killed in the middle of a write: half of the next pair, and a cut-off line
+    third = [r for r in rows_of(full)[1:] if r[0] == "im0.png" and r[3] == "LayerCAM"]
+    with open(out, "a", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(third[:4])
+        f.write(",".join(third[4])[:20])
+    calls.clear()
+    monkeypatch.setattr(X, "_compute", lambda *a, **k: (calls.append((a[1].name, a[3])), real(*a, **k))[1])
+    res = run(folder, out, figure=False)
+    got = sorted(tuple(r) for r in rows_of(out)[1:])
+    assert got == expected                              # nothing duplicated, nothing missing, same values
+    assert len(set(got)) == len(got) == len(res)
+    assert ("im0.png", "LRP-0") not in calls and ("im0.png", "SIG-LID-IG") not in calls
+    assert calls[0] == ("im0.png", "LayerCAM") and len(calls) == 3 * len(METHODS) - 2
+    # a complete file: a rerun computes nothing and changes nothing
+    calls.clear()
+    before = out.read_bytes()
+    run(folder, out, figure=False)
+    assert calls == [] and out.read_bytes() == before
+
+
+def test_one_csv_holds_several_metrics_and_shares_s5_rows(folder, tmp_path):
+    out = tmp_path / "r.csv"
+    run(folder, out, methods=["SIG-LID-IG"], figure=False, limit=1)
+    n = len(rows_of(out))
+    res = run(folder, out, "multiscale", methods=["SIG-LID-IG"], figure=False, limit=1)
+    assert len(rows_of(out)) == n + 4 * len(M.RATIOS)    # s5 was there already
+    assert sorted({r["stages"] for r in res.rows}) == sorted(M.SCALES)
+
+
+def test_robustness_and_class_discrimination_rows(folder, tmp_path):
+    out = tmp_path / "rob.csv"
+    res = run(folder, out, "robustness", methods=["SIG-LID-Taylor"], n_copies=2, figure=False, limit=2)
+    assert {r["metric"] for r in res.rows} == {"robustness-pearson", "robustness-sign-flip"}
+    assert len(res) == 2 * 2 * 2
+    assert all(-1 <= r["value"] <= 1 for r in res.rows)
+    model = toy_model()
+    g = torch.Generator().manual_seed(0)
+    img, (ml, mr) = lidlib.images.composite(torch.rand(3, 16, 8, generator=g), torch.rand(3, 16, 8, generator=g),
+                                            size=SIZE)
+    x = model.preprocess(img)[None]
+    samples = [X.Sample("pair:left", x, 1, img, ml, mr), X.Sample("pair:right", x, 2, img, mr, ml)]
+    out = tmp_path / "cd.csv"
+    res = X.run("class-discrimination", ["SIG-LID-IG", "GradCAM"], samples, out, model=model, progress=False)
+    assert len(res) == 2 * 2 * 3
+    assert {r["target"] for r in res.rows} == {"1", "2"}
+    assert res.figures and res.figures[0].exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# errors: raised before any file is written
+# ---------------------------------------------------------------------------------------------------------------------
+
+def assert_no_files(tmp_path, names=("r.csv", "r.png", "r.csv.tmp")):
+    for n in names:
+        assert not (tmp_path / n).exists()
+
+
+@pytest.mark.parametrize("case", ["metric", "method", "empty", "unreadable", "missing", "regions", "stage",
+                                  "scorecam-multiscale", "bad-input"])
+def test_errors_before_any_file(case, folder, tmp_path):
+    out = tmp_path / "r.csv"
+    model = toy_model()
+    kw = dict(model=model, progress=False)
+    if case == "metric":
+        with pytest.raises(ValueError, match="unknown metric 'pixel-flip'.*probability-change"):
+            X.run("pixel-flip", METHODS, folder, out, **kw)
+    elif case == "method":
+        with pytest.raises(ValueError, match="unknown method 'SIG-LID-XX'.*SIG-LID-IG"):
+            X.run("probability-change", ["LRP-0", "SIG-LID-XX"], folder, out, **kw)
+    elif case == "empty":
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / "notes.txt").write_text("no images here")
+        with pytest.raises(ValueError, match="no image files"):
+            X.run("probability-change", METHODS, empty, out, **kw)
+    elif case == "unreadable":
+        (folder / "broken.jpg").write_bytes(b"not a jpeg")
+        with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
+            X.run("probability-change", METHODS, folder, out, **kw)
+    elif case == "missing":
+        with pytest.raises(ValueError, match="not found"):
+            X.run("probability-change", METHODS, tmp_path / "nowhere", out, **kw)
+    elif case == "regions":
+        with pytest.raises(ValueError, match="needs object regions"):
+            X.run("class-discrimination", METHODS, folder, out, **kw)
+    elif case == "stage":
+        with pytest.raises(ValueError, match="stage"):
+            X.run("probability-change", METHODS, folder, out, stages=["s7"], **kw)
+    elif case == "scorecam-multiscale":
+        with pytest.raises(ValueError, match="ScoreCAM"):
+            X.run("multiscale", ["ScoreCAM"], folder, out, **kw)
+    elif case == "bad-input":   # an image the model cannot take (wrong size for its Linear layer)
+        samples = [X.Sample("ok", torch.zeros(1, 3, SIZE, SIZE)), X.Sample("big", torch.zeros(1, 3, 40, 40))]
+        with pytest.raises(ValueError, match="cannot take image 'big'"):
+            X.run("probability-change", METHODS, samples, out, **kw)
+    assert_no_files(tmp_path)
+
+
+def test_foreign_or_mismatched_csv_is_left_untouched(folder, tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(ValueError, match="not a lidlib results file"):
+        run(folder, out)
+    assert out.read_text() == "a,b,c\n1,2,3\n"
+    out.unlink()
+    run(folder, out, methods=["LRP-0"], figure=False, limit=1)
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="ratios|parameters"):
+        run(folder, out, methods=["LRP-0"], figure=False, limit=1, ratios=(0.25, 0.5))
+    other = toy_model()
+    other.display_name = "another-model"
+    with pytest.raises(ValueError, match="another-model"):
+        X.run("probability-change", ["LRP-0"], folder, out, model=other, progress=False, figure=False, limit=1)
+    assert out.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# command line and the default source
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_cli_errors_exit_2_without_files(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    assert X.main(["probability-change", "--methods", "NoSuchMethod", "--out", str(out), "--no-progress",
+                   "--images", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ex:
+        X.main(["pixel-flip", "--methods", "LRP-0", "--out", str(out)])
+    assert ex.value.code == 2
+    assert_no_files(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "lidlib.experiment", "minimal-patch", "--methods", "LRP-0",
+                           "--images", str(tmp_path / "nowhere"), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+    assert_no_files(tmp_path)
+
+
+def test_cli_runs_on_the_offline_model(tmp_path, capsys):
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    Image.fromarray((lidlib.images.photo("coffee").permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
+        img_dir / "coffee.jpg")
+    out = tmp_path / "r.csv"
+    assert X.main(["probability-change", "--methods", "LayerCAM", "--images", str(img_dir), "--out", str(out),
+                   "--ratios", "0.5", "--no-progress"]) == 0
+    rows = rows_of(out)
+    assert len(rows) == 2 and rows[1][0] == "coffee.jpg" and rows[1][1] == "967"      # espresso
+    assert (tmp_path / "r.png").exists()
+    assert "LayerCAM" in capsys.readouterr().out
+
+
+def test_default_composites():
+    from lidlib.models import imagenet
+    model = imagenet()
+    comps = X.composites(model, pairs=[("coffee", "chelsea")])
+    assert [c.name for c in comps] == [f"coffee+chelsea/{l}" for l in X.LAYOUTS]
+    halves = comps[0]
+    ref, (ml, mr) = lidlib.images.composite("coffee", "chelsea")
+    assert torch.allclose(halves.image, ref, atol=1e-6)
+    assert torch.equal(halves.masks[0], ml) and torch.equal(halves.masks[1], mr)
+    assert halves.classes[0] == 967 and halves.classes[1] != 967
+    for c in comps:
+        a, b = c.masks
+        assert not (a & b).any() and a.any() and b.any()
+        assert c.classes == halves.classes
+    small = comps[-1]
+    assert int(small.masks[1].sum()) == (3 * 224 // 8) ** 2
+    assert torch.allclose(small.image[:, 0, -1], torch.full((3,), 0.5))         # neutral background
+    per = X.composite_samples(model, comps[:1], per_object=True)
+    assert [s.target for s in per] == list(halves.classes)
+    assert torch.equal(per[0].region, per[1].other)
