@@ -163,8 +163,10 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     relevance = OrderedDict()
     refs = [baseline if method.increment else None] + [reference.outputs[k] if reference else None for k in keys]
     for key, t, g, ref in zip(["input"] + keys, tensors, grads, refs):
-        delta = t.detach() if ref is None else t.detach() - ref
-        relevance[key] = torch.zeros_like(delta) if g is None else g * delta
+        if g is None:                                    # the layer does not reach the logits
+            relevance[key] = torch.zeros_like(t.detach() if ref is None else t.detach() - ref)
+        else:                                            # R(Y^l) = g ⊙ ΔY^l, one buffer per layer
+            relevance[key] = g * t.detach() if ref is None else torch.sub(t.detach(), ref).mul_(g)
     return Explanation(relevance, r_top, method, target, z.detach(),
                        z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
                        aliases=actual.aliases, input_shape=x.shape)
