@@ -3,6 +3,9 @@
     python scripts/benchmark.py                       # VGG-16 (random weights, non-zero biases)
     python scripts/benchmark.py --models vgg16 efficientnet --all --oracles
 
+Rows marked "input" keep only the input's relevance (``layers=[]``), the output a plain gradient
+gives; the others keep the relevance of every layer.
+
 Every figure is a median over ``--repeats`` runs after a warm-up, batch 1, 224×224, CPU, and the
 baseline (forward + backward of the logit) is measured in the same run, interleaved with the
 methods, so the ratios are comparable on a noisy machine.
@@ -19,6 +22,8 @@ import lidlib
 from lidlib import models
 
 CORE = [("LID-Taylor", 10), ("SIG-LID-IG", 10), ("SIG-LID-IG", None)]
+#: the same with only the input's relevance kept (layers=[]), the output a plain gradient gives
+INPUT_ONLY = [("LID-Taylor", 10), ("SIG-LID-IG", 10), ("SIG-LID-IG", None)]
 
 
 def vgg16_with_biases(seed=0):
@@ -79,6 +84,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=["vgg16"], choices=["vgg16", "efficientnet"])
     ap.add_argument("--all", action="store_true", help="every method of lidlib.METHODS")
     ap.add_argument("--oracles", action="store_true", help="also Captum and Zennit where they apply")
+    ap.add_argument("--scorecam", action="store_true", help="with --all: include ScoreCAM (one forward per channel)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -90,9 +96,14 @@ def main():
         baseline = torch.zeros_like(x)
         target = 3
         fns = {"plain gradient": lambda: plain_gradient(model, x, target)}
-        runs = [(m, 10) for m in lidlib.METHODS] + [("LID-IG", None), ("SIG-LID-IG", None)] if args.all else CORE
+        runs = ([(m, 10) for m in lidlib.METHODS if m != "ScoreCAM" or args.scorecam]
+                + [("LID-IG", None), ("SIG-LID-IG", None)]) if args.all else CORE
         for m, n in runs:
             fns[f"{m} (n={'exact' if n is None else n})"] = (lambda m=m, n=n: lidlib.explain(model, x, target, m, n_steps=n))
+        if not args.all:
+            for m, n in INPUT_ONLY:
+                fns[f"{m} (n={'exact' if n is None else n}) input"] = (
+                    lambda m=m, n=n: lidlib.explain(model, x, target, m, n_steps=n, layers=[]))
         if args.oracles:
             fns.update(oracles(model, x, target, baseline))
         med = measure(fns, args.repeats)
