@@ -16,15 +16,6 @@ import lidlib.toy
 from lidlib import metrics as M
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for these tests (restored afterwards): on a busy 2-core machine, two threads
-    that wait on each other were many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 H = W = 8
 N = H * W
 
