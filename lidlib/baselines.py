@@ -17,9 +17,8 @@ the device of the model's parameters (float32 or float64).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import numbers
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

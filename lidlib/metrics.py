@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
