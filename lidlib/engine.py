@@ -7,7 +7,7 @@ Path averages are per layer (Eq. 21), so they cost element-wise work, not extra 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from typing import Optional
 
@@ -160,16 +160,40 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             keys = [k for k in actual.outputs if wanted is None or k in wanted]
             tensors = [x_in] + [actual.outputs[k] for k in keys]
             grads = torch.autograd.grad(z, tensors, grad_outputs=g_top, allow_unused=True)
-    relevance = OrderedDict()
     refs = [baseline if method.increment else None] + [reference.outputs[k] if reference else None for k in keys]
-    for key, t, g, ref in zip(["input"] + keys, tensors, grads, refs):
-        if g is None:                                    # the layer does not reach the logits
-            relevance[key] = torch.zeros_like(t.detach() if ref is None else t.detach() - ref)
-        else:                                            # R(Y^l) = g ⊙ ΔY^l, one buffer per layer
-            relevance[key] = g * t.detach() if ref is None else torch.sub(t.detach(), ref).mul_(g)
+    relevance = _record(["input"] + keys, tensors, grads, refs, model, z_ref, g_top)
     return Explanation(relevance, r_top, method, target, z.detach(),
                        z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
                        aliases=actual.aliases, input_shape=x.shape)
+
+
+def _record(keys, tensors, grads, refs, model, z_ref, g_top) -> "OrderedDict[str, torch.Tensor]":
+    """``R(Y^l) = g ⊙ ΔY^l`` (Eq. 15, 23, 24), or ``g ⊙ Y^l`` without increment (Eq. 18), per layer.
+
+    The product is written into a buffer this call owns — the layer's reference output, or its
+    gradient without increment — when no other recorded tensor, parameter, buffer or the caller's
+    baseline shares that memory; otherwise into a new one.  (Recording every layer of VGG-16 then
+    costs a few passes over memory, not a new 110 MB each call.)"""
+    shared = Counter(_storage(t) for t in list(refs) + list(grads) + [z_ref, g_top]
+                     + list(model.parameters()) + list(model.buffers()) if isinstance(t, torch.Tensor))
+    shared[_storage(refs[0])] += 2                          # the caller's baseline (or x̂ derived from it)
+    relevance = OrderedDict()
+    for key, t, g, ref in zip(keys, tensors, grads, refs):
+        t = t.detach()
+        if g is None:                                    # the layer does not reach the logits
+            relevance[key] = torch.zeros_like(t if ref is None else t - ref)
+        elif ref is None:
+            own = shared[_storage(g)] == 1 and g.shape == t.shape and g.is_contiguous()
+            relevance[key] = g.mul_(t) if own else g * t
+        else:
+            own = (shared[_storage(ref)] == 1 and ref.shape == t.shape and ref.dtype == t.dtype
+                   and ref.is_contiguous())
+            relevance[key] = torch.sub(t, ref, out=ref if own else None).mul_(g)
+    return relevance
+
+
+def _storage(t) -> int:
+    return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else 0
 
 
 def _guard_hooks(guard: _FunctionalGuard, leaves):

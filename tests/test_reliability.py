@@ -181,3 +181,61 @@ def test_functional_nonlinearity_in_forward_code_is_refused():
     with pytest.raises(TypeError, match="write it as a module"):
         lidlib.explain(model, XM, 0, "LID-IG")
     _assert_same(before, _state(model))
+
+
+class _Aliasing(nn.Module):
+    """Layers whose outputs share memory: Identity and eval Dropout return their input, Flatten a
+    view, and a module that returns a parameter-free constant path at the reference."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.pad = nn.Identity()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.flat = nn.Flatten()
+        self.same = nn.Identity()
+        self.fc = nn.Linear(3 * 16, 4)
+        for p in self.parameters():
+            nn.init.normal_(p, 0, 0.5)
+
+    def forward(self, x):
+        return self.fc(self.same(self.flat(self.drop(self.relu(self.conv(self.pad(x)))))))
+
+
+@pytest.mark.parametrize("method", ["LID-Taylor", "LRP-0"])
+def test_relevance_is_recorded_correctly_when_layer_outputs_share_memory(method):
+    """R(Y^l) = g ⊙ ΔY^l (or g ⊙ Y^l) at every layer, computed here by plain autograd, even though
+    the engine writes relevances into buffers it owns: layers sharing memory must not corrupt each
+    other, and the caller's baseline and the reference logits stay intact."""
+    model = _Aliasing().eval().double()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    base = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    base_copy = base.clone()
+    e = lidlib.explain(model, x, torch.tensor([1, 2]), method, baseline=base)
+    assert torch.equal(base, base_copy)
+
+    def outputs(inp):
+        out = {}
+        hooks = [m.register_forward_hook(lambda m, a, o, n=n: out.setdefault(n, o))
+                 for n, m in model.named_children()]
+        z = model(inp)
+        for h in hooks:
+            h.remove()
+        return z, out
+
+    with torch.no_grad():
+        z_ref, ref = outputs(base)
+    inp = x.clone().requires_grad_(True)
+    z, act = outputs(inp)
+    increment = method == "LID-Taylor"
+    top = torch.zeros_like(z).scatter_(1, torch.tensor([[1], [2]]), 1.0)
+    grads = torch.autograd.grad(z, [inp] + list(act.values()), grad_outputs=top)
+    expected = {"input": grads[0] * (x - base if increment else x)}
+    for (name, y), g in zip(act.items(), grads[1:]):
+        expected[name] = g * (y.detach() - ref[name] if increment else y.detach())
+    for name, r in expected.items():
+        torch.testing.assert_close(e.layer(name), r, rtol=1e-12, atol=1e-12)
+    if increment:
+        torch.testing.assert_close(e.reference_logits, z_ref)
