@@ -7,7 +7,7 @@ Path averages are per layer (Eq. 21), so they cost element-wise work, not extra 
 """
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Optional
 
@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from .checks import _check_eval
 from .explanation import Explanation
 from .methods import Method
-from .rules import apply_rule, layer_kind
+from .rules import apply_rule, layer_kind, tiled_pool
 from .top import top_relevance
 
 
@@ -73,19 +73,25 @@ class _FunctionalGuard(TorchFunctionMode):
 
 
 @contextmanager
-def patched(model: nn.Module):
-    """Switch off in-place flags for the duration; restore them and remove all hooks afterwards."""
+def patched(model: nn.Module, forwards=None):
+    """Switch off in-place flags and route the layers in ``forwards`` (module -> function) through
+    those functions for the duration; restore all of it and remove all hooks afterwards."""
     inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    forwards = {m: f for m, f in (forwards or {}).items() if "forward" not in vars(m)}
     handles = []
     try:
         for m in inplace:
             m.inplace = False
+        for m, f in forwards.items():
+            m.forward = f
         yield handles
     finally:
         for h in handles:
             h.remove()
         for m in inplace:
             m.inplace = True
+        for m in forwards:
+            vars(m).pop("forward", None)
 
 
 class _Pass:
@@ -98,6 +104,14 @@ class _Pass:
         self.outputs = OrderedDict()      # key -> output tensor, in order of completion
         self.inputs = {}                  # key -> input tensor (non-linear and rule-modified layers)
         self.aliases = {}                 # container key -> key of the same output tensor
+        self.pooled = {}                  # key -> rules.tiled_pool of a max-pool call
+        self._pooled_now = None
+
+    def pool_forward(self, module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+        """A max-pool layer's forward through :func:`rules.tiled_pool` (same values), keeping the
+        window image for the layer's path average; the layer's own forward where that does not apply."""
+        self._pooled_now = tiled_pool(module, x)
+        return type(module).forward(module, x) if self._pooled_now is None else self._pooled_now["y"]
 
     def hook(self, module, args, output):
         if not isinstance(output, torch.Tensor):
@@ -113,13 +127,17 @@ class _Pass:
                 return None
         if leaf and layer_kind(module) in ("elementwise", "maxpool", "linear"):
             self.inputs[key] = args[0]
+        pooled, self._pooled_now = self._pooled_now, None
+        if pooled is not None and self.method is None:
+            self.pooled[key] = pooled
         if self.method is not None and leaf:
             x = args[0]
             if self.reference is None:    # no increment: every layer's reference is 0
                 x_ref, y_ref = torch.zeros((), dtype=x.dtype), torch.zeros((), dtype=x.dtype)
             else:
                 x_ref, y_ref = self.reference.inputs[key], self.reference.outputs[key]
-            new = apply_rule(self.method.rule, module, x, x_ref, output, y_ref, self.n_steps)
+            pooled_ref = self.reference.pooled.pop(key, None) if self.reference is not None else None
+            new = apply_rule(self.method.rule, module, x, x_ref, output, y_ref, self.n_steps, pooled, pooled_ref)
             if new is not None:
                 output = new
         self.outputs[key] = output
@@ -135,11 +153,15 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     names = {m: name for name, m in model.named_modules() if name}
     leaves = [m for m in names if next(m.children(), None) is None]
     guard = _FunctionalGuard()
-    with patched(model) as handles:
+    # a path-averaged max-pool pools through its window image in both passes (rules.tiled_pool)
+    pools = [m for m in leaves if isinstance(m, nn.MaxPool2d) and method.rule.maxpool != "D"]
+    passes = []
+    with patched(model, {m: (lambda x, m=m: passes[-1].pool_forward(m, x)) for m in pools}) as handles:
         reference = None
         z_ref = torch.zeros((), dtype=x.dtype)
         if method.increment:
             reference = _Pass(names)
+            passes.append(reference)
             handles += [m.register_forward_hook(reference.hook) for m in names]
             handles += _guard_hooks(guard, leaves)
             with torch.no_grad(), guard:
@@ -148,6 +170,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
                 h.remove()
             handles.clear()
         actual = _Pass(names, reference, method, n_steps)
+        passes.append(actual)
         handles += [m.register_forward_hook(actual.hook) for m in names]
         handles += _guard_hooks(guard, leaves)
         with torch.enable_grad():
@@ -158,38 +181,62 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
             wanted = None if keep is None else {actual.aliases.get(k, k) for k in keep}
             keys = [k for k in actual.outputs if wanted is None or k in wanted]
-            tensors = [x_in] + [actual.outputs[k] for k in keys]
-            grads = torch.autograd.grad(z, tensors, grad_outputs=g_top, allow_unused=True)
-    refs = [baseline if method.increment else None] + [reference.outputs[k] if reference else None for k in keys]
-    relevance = _record(["input"] + keys, tensors, grads, refs, model, z_ref, g_top)
+            recorder = _Recorder(reference, [baseline, z_ref, x_in] + list(model.parameters()) + list(model.buffers()))
+            for k in keys:
+                recorder.watch(k, actual.outputs[k], reference.outputs[k] if reference else None)
+            (g_in,) = torch.autograd.grad(z, x_in, grad_outputs=g_top, allow_unused=True)
+    relevance = OrderedDict(input=recorder.product(x_in.detach(), g_in, baseline, own=False))
+    for k in keys:
+        t = actual.outputs[k]
+        r = recorder.relevance.get(k)
+        if r is None and t is x_in:                      # e.g. an Identity first layer
+            r = relevance["input"]
+        relevance[k] = r if r is not None else recorder.product(t.detach(), None, reference.outputs[k] if reference else None)
     return Explanation(relevance, r_top, method, target, z.detach(),
                        z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
                        aliases=actual.aliases, input_shape=x.shape)
 
 
-def _record(keys, tensors, grads, refs, model, z_ref, g_top) -> "OrderedDict[str, torch.Tensor]":
-    """``R(Y^l) = g ⊙ ΔY^l`` (Eq. 15, 23, 24), or ``g ⊙ Y^l`` without increment (Eq. 18), per layer.
+class _Recorder:
+    """``R(Y^l) = g ⊙ ΔY^l`` (Eq. 15, 23, 24), or ``g ⊙ Y^l`` without increment (Eq. 18), read off
+    the backward pass.
 
-    The product is written into a buffer this call owns — the layer's reference output, or its
-    gradient without increment — when no other recorded tensor, parameter, buffer or the caller's
-    baseline shares that memory; otherwise into a new one.  (Recording every layer of VGG-16 then
-    costs a few passes over memory, not a new 110 MB each call.)"""
-    shared = Counter(_storage(t) for t in list(refs) + list(grads) + [z_ref, g_top]
-                     + list(model.parameters()) + list(model.buffers()) if isinstance(t, torch.Tensor))
-    shared[_storage(refs[0])] += 2                          # the caller's baseline (or x̂ derived from it)
-    relevance = OrderedDict()
-    for key, t, g, ref in zip(keys, tensors, grads, refs):
-        t = t.detach()
+    Right after the autograd node that produced ``Y^l`` has run, the signal ``g`` at ``Y^l`` is
+    final and nothing reads the reference ``Ŷ^l`` any more (the layers above, and the layer's own
+    path average, are done), so the product is written into ``Ŷ^l``'s buffer — unless another
+    tensor shares that memory — and ``g`` is released, as in a plain gradient: recording every
+    layer keeps no gradients alive and allocates little."""
+
+    def __init__(self, reference: Optional[_Pass], protected):
+        self.users = {}                                  # storage -> the layers (or others) using it
+        outputs = list(reference.outputs.items()) if reference else []
+        seen = {id(t) for _, t in outputs}
+        users = outputs + [(id(t), t) for t in (reference.inputs.values() if reference else ()) if id(t) not in seen]
+        users += [("protected", t) for t in protected if isinstance(t, torch.Tensor)]
+        for user, t in users:
+            self.users.setdefault(_storage(t), set()).add(user)
+        self.relevance = {}
+
+    def product(self, t: torch.Tensor, g: Optional[torch.Tensor], ref: Optional[torch.Tensor], own=True):
         if g is None:                                    # the layer does not reach the logits
-            relevance[key] = torch.zeros_like(t if ref is None else t - ref)
-        elif ref is None:
-            own = shared[_storage(g)] == 1 and g.shape == t.shape and g.is_contiguous()
-            relevance[key] = g.mul_(t) if own else g * t
-        else:
-            own = (shared[_storage(ref)] == 1 and ref.shape == t.shape and ref.dtype == t.dtype
-                   and ref.is_contiguous())
-            relevance[key] = torch.sub(t, ref, out=ref if own else None).mul_(g)
-    return relevance
+            return torch.zeros_like(t if ref is None else t - ref)
+        if ref is None:
+            return g * t
+        own = (own and len(self.users.get(_storage(ref), ())) == 1 and ref.shape == t.shape
+               and ref.dtype == t.dtype and ref.is_contiguous())
+        return torch.sub(t, ref, out=ref if own else None).mul_(g)
+
+    def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor]) -> None:
+        node = t.grad_fn
+        if node is None:
+            return
+        td, nr = t.detach(), t.output_nr
+
+        def post(grad_inputs, grad_outputs):
+            g = grad_outputs[nr]
+            if g is not None and key not in self.relevance:
+                self.relevance[key] = self.product(td, g, ref)
+        node.register_hook(post)
 
 
 def _storage(t) -> int:

@@ -237,15 +237,39 @@ def _windows(t: torch.Tensor, wmap: Optional[torch.Tensor], image_hw, fill: floa
     last) is the layer's own pooling."""
     B, C, H, W = t.shape
     rows = t.new_empty(B, H * W + (wmap is not None), C)
-    _transpose(t.reshape(B, C, H * W), rows[:, :H * W])
+    rows[:, :H * W].copy_(t.reshape(B, C, H * W).transpose(1, 2))      # (this direction: one batched copy)
     if wmap is None:
         return rows.view(B, H, W, C)
     rows[:, -1] = fill
     return rows[:, wmap].view(B, *image_hw, C)
 
 
+def tiled_pool(module: nn.MaxPool2d, x: torch.Tensor) -> Optional[dict]:
+    """The layer's output computed through its channels-last window image, for a max-pool whose
+    windows tile the input (kernel = stride, no padding or dilation, sizes divisible: VGG's 2×2/2);
+    None for any other layer or input.
+
+    Returns ``dict(y=…, image=…, max=…, index=…)``: ``y`` equals the layer's own output (a max is
+    exact; ties go to the first index, as PyTorch) and is contiguous; ``image``, ``max`` and
+    ``index`` are what :func:`maxpool_path_weights` would otherwise compute again.  (PyTorch's
+    channels-first CPU max-pool is ~10× slower than pooling the channels-last image.)"""
+    if x.dim() != 4 or module.return_indices:
+        return None
+    (kh, kw), s, p, d = _geometry(module)
+    B, C, H, W = x.shape
+    if (kh, kw) != s or p != (0, 0) or d != (1, 1) or H % kh or W % kw:
+        return None
+    with torch.no_grad():
+        image = _windows(x, None, (H, W), 0.0)
+        m, i = F.max_pool2d(image.permute(0, 3, 1, 2), (kh, kw), return_indices=True)
+        Ho, Wo = H // kh, W // kw
+        y = _transpose(m.permute(0, 2, 3, 1).reshape(B, Ho * Wo, C), m.new_empty(B, C, Ho * Wo))
+    return dict(y=y.view(B, C, Ho, Wo), image=image, max=m, index=i)
+
+
 def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Tensor, out_hw,
-                         n_steps: Optional[int]):
+                         n_steps: Optional[int], pooled: Optional[dict] = None,
+                         pooled_ref: Optional[dict] = None):
     """``D̄`` of a max-pool layer (Eq. 21): per window, the share of the path ``x̂ → x`` on which
     each input is the window's maximum (first index on ties, as PyTorch), at the samples ``t = k/n``
     (``n_steps = n``) or exactly (``None``).
@@ -260,7 +284,8 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
 
     Returns a dict: the input positions ``i0``, ``i1`` (B, C, L) of ``w0``, ``w1`` with their shares
     ``s0``, ``s1`` (0 in the general windows), and ``rows`` = (flat window index, flat input positions
-    (N, K), shares (N, K)) of the general windows, or None.
+    (N, K), shares (N, K)) of the general windows, or None.  ``pooled``, ``pooled_ref``: what
+    :func:`tiled_pool` returned for ``x`` and ``x̂`` in the forward passes (used up here), if any.
     """
     squeeze = x.dim() == 3
     if squeeze:
@@ -273,11 +298,16 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     wmap = None if wmap is None else wmap.to(x.device)
     low = torch.finfo(x.dtype).min                          # padding: below every input, and a − a = 0
     image = (Ho * kh, Wo * kw)
-    a, e = _windows(x_ref, wmap, image, low), _windows(x, wmap, image, low)   # window images
-    e.sub_(a).add_(a)                                      # the lines at t = 1 as sampled: a + 1·(x − a)
     pool = lambda img: F.max_pool2d(img.permute(0, 3, 1, 2), (kh, kw), return_indices=True)
     flat = lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, C)          # (B, L, C) views
-    (m0, i0), (m1, i1) = pool(a), pool(e)                # winners at t = 0 and t = 1
+    if pooled_ref is not None and pooled_ref["image"].shape[0] == B:                # window images
+        a, (m0, i0) = pooled_ref["image"], (pooled_ref["max"], pooled_ref["index"])
+    else:
+        a = _windows(x_ref, wmap, image, low)
+        m0, i0 = pool(a)                                   # winners at t = 0
+    e = pooled["image"] if pooled is not None else _windows(x, wmap, image, low)
+    e.sub_(a).add_(a)                                      # the lines at t = 1 as sampled: a + 1·(x − a)
+    m1, i1 = pool(e)                                       # winners at t = 1
     m0, i0, m1, i1 = flat(m0), flat(i0), flat(m1), flat(i1)
     a1, c0 = a.view(B, -1, C).gather(1, i1), e.view(B, -1, C).gather(1, i0)
     db = m1.sub_(a1).sub_(c0.sub_(m0))                    # b_w1 − b_w0
@@ -285,16 +315,13 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     # a third line above the two-line envelope at t*: the pooled winner at t* is neither w0 nor w1
     a.view(B, Ho, kh, Wo, kw, C).lerp_(e.view(B, Ho, kh, Wo, kw, C), t.view(B, Ho, 1, Wo, 1, C))
     im = flat(pool(a)[1])
-    general = im.sub(i0).mul_(im.sub_(i1)).nonzero()      # (batch, window, channel) rows
+    general = (im != i0).logical_and_(im != i1).nonzero()  # (batch, window, channel) rows
     del a, e, im
     s0 = t
-    if n_steps is not None:     # w0 takes the samples k ≤ n·t*, but k < n·t* if w1 < w0 (a tie at
-        n = n_steps             # t* goes to the lower index)
+    if n_steps is not None:     # w0 takes the samples k ≥ 1 with k ≤ n·t*, but k < n·t* if w1 < w0
+        n = n_steps             # (a tie at t* goes to the lower index)
         u = t.mul_(n)
-        s0 = u.floor()
-        tie = torch.eq(s0, u).logical_and_(i1 < i0).view(-1).nonzero().squeeze(1)
-        s0.view(-1).index_copy_(0, tie, s0.view(-1).index_select(0, tie).sub_(1).clamp_(min=0))
-        s0.div_(n)
+        s0 = torch.where(i1 < i0, u.ceil().sub_(1).clamp_(min=0), u.floor_()).div_(n)
     # to (B, C, L) and input positions: the backward pass scatters straight into the input gradient
     L = Ho * Wo
     i0, i1 = _transpose(i0, i0.new_empty(B, C, L)), _transpose(i1, i1.new_empty(B, C, L))
@@ -357,11 +384,11 @@ def path_shares(a: torch.Tensor, b: torch.Tensor, n_steps: Optional[int]) -> tor
     return (hi - lo).clamp(min=0)
 
 
-def maxpool_substitute(module, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
+def maxpool_substitute(module, x, x_ref, y, y_ref, n_steps, pooled=None, pooled_ref=None) -> torch.Tensor:
     """Replacement output of a max-pool layer whose backward applies ``D̄`` (Eq. 21): the output
     gradient goes to ``w0`` and ``w1`` of each window with their shares (and to every input of a
     window solved in general, with its :func:`path_shares`)."""
-    p = maxpool_path_weights(module, x.detach(), x_ref, y.shape[-2:], n_steps)
+    p = maxpool_path_weights(module, x.detach(), x_ref, y.shape[-2:], n_steps, pooled, pooled_ref)
     H, W = x.shape[-2:]
 
     def vjp(g):
@@ -410,13 +437,16 @@ def layer_kind(module: nn.Module) -> Optional[str]:
     return None
 
 
-def apply_rule(rule: Rule, module: nn.Module, x, x_ref, y, y_ref, n_steps) -> Optional[torch.Tensor]:
-    """The replacement output of one layer call under ``rule``, or None for the plain gradient."""
+def apply_rule(rule: Rule, module: nn.Module, x, x_ref, y, y_ref, n_steps, pooled=None,
+               pooled_ref=None) -> Optional[torch.Tensor]:
+    """The replacement output of one layer call under ``rule``, or None for the plain gradient
+    (``pooled``, ``pooled_ref``: :func:`tiled_pool` of a max-pool's input and reference)."""
     kind = layer_kind(module)
     if kind == "elementwise" and rule.elementwise != "D":
         return elementwise_substitute(module, x, x_ref, y, y_ref, None if rule.elementwise == "D̄exact" else n_steps)
     if kind == "maxpool" and rule.maxpool != "D":
-        return maxpool_substitute(module, x, x_ref, y, y_ref, None if rule.maxpool == "D̄exact" else n_steps)
+        return maxpool_substitute(module, x, x_ref, y, y_ref, None if rule.maxpool == "D̄exact" else n_steps,
+                                  pooled, pooled_ref)
     if kind == "linear" and rule.linear != "W" and isinstance(module, WEIGHTED if rule.linear == "z+" else MIXING):
         return linear_substitute(rule, module, x, x_ref, y, y_ref)
     return None

@@ -29,6 +29,7 @@ def _state(model):
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "params": [p.detach().clone() for p in model.state_dict().values()],
         "grads": [p.grad for p in model.parameters()],
+        "forward": [vars(m).get("forward") for m in model.modules()],
         "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
                    len(getattr(m, "_backward_pre_hooks", {}))) for m in model.modules()],
     }
@@ -204,12 +205,19 @@ class _Aliasing(nn.Module):
         return self.fc(self.same(self.flat(self.drop(self.relu(self.conv(self.pad(x)))))))
 
 
+def _same_object():
+    """An Identity hands on the very tensor the ReLU returned: two layers, one tensor."""
+    torch.manual_seed(4)
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 6), nn.ReLU(), nn.Identity(), nn.Linear(6, 4))
+
+
+@pytest.mark.parametrize("build", [_Aliasing, _same_object])
 @pytest.mark.parametrize("method", ["LID-Taylor", "LRP-0"])
-def test_relevance_is_recorded_correctly_when_layer_outputs_share_memory(method):
+def test_relevance_is_recorded_correctly_when_layer_outputs_share_memory(method, build):
     """R(Y^l) = g ⊙ ΔY^l (or g ⊙ Y^l) at every layer, computed here by plain autograd, even though
     the engine writes relevances into buffers it owns: layers sharing memory must not corrupt each
     other, and the caller's baseline and the reference logits stay intact."""
-    model = _Aliasing().eval().double()
+    model = build().eval().double()
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
     base = torch.randn(2, 2, 4, 4, dtype=torch.float64)
     base_copy = base.clone()
@@ -239,3 +247,17 @@ def test_relevance_is_recorded_correctly_when_layer_outputs_share_memory(method)
         torch.testing.assert_close(e.layer(name), r, rtol=1e-12, atol=1e-12)
     if increment:
         torch.testing.assert_close(e.reference_logits, z_ref)
+
+
+@pytest.mark.parametrize("method", PANORAMA)
+def test_two_layers_sharing_one_tensor_match_the_reference(method):
+    """Identity returns the ReLU's own tensor: both layers' relevances equal the slow reference."""
+    import reference
+    model = _same_object().eval().double()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    base = torch.randn(2, 4, 4, dtype=torch.float64)
+    e = lidlib.explain(model, x, torch.tensor([1, 2]), method, baseline=base[None], n_steps=3)
+    for b, c in enumerate((1, 2)):
+        ref = reference.relevances(model, METHODS[method], x[b], c, base, 3)
+        for layer, r in ref.items():
+            torch.testing.assert_close(e.relevance[layer][b], r, rtol=1e-7, atol=1e-7 * float(r.abs().max()))

@@ -193,3 +193,25 @@ def test_maxpool_batch_broadcast_and_unbatched_inputs(pool, n):
         assert torch.allclose(batch[b].reshape(-1), grad_out[b].reshape(-1) @ A, atol=1e-12)
     zero = grad(x, torch.zeros((), dtype=torch.float64), grad_out)
     assert torch.equal(zero, grad(x, torch.zeros_like(x), grad_out))
+
+
+@pytest.mark.parametrize("kind", ["random", "vgg", "grid"])
+def test_tiled_pool_is_the_layer_and_feeds_the_same_path_average(kind):
+    """rules.tiled_pool (the engine's forward for path-averaged VGG-style pools) gives the layer's
+    own output bit for bit, ties included, and its window images give the same D̄ as recomputing them."""
+    pool = nn.MaxPool2d(2)
+    for seed in range(3):
+        x, x_ref = _random_maxpool_input(kind, seed)
+        x, x_ref = x[..., :6], x_ref[..., :6]                            # 6×6: windows tile the input
+        p = rules.tiled_pool(pool, x)
+        assert torch.equal(p["y"], pool(x)) and p["y"].is_contiguous()
+        for n in (1, 3, 10, None):
+            f = lambda t: rules.maxpool_substitute(pool, t, x_ref, pool(t), None, n, rules.tiled_pool(pool, t),
+                                                   rules.tiled_pool(pool, x_ref)).reshape(-1)
+            fast = jacobian(f, x).reshape(-1, x.numel())
+            slow = reference.maxpool_matrix(pool, x.shape[1:], x.reshape(-1), x_ref.reshape(-1), n)
+            assert torch.allclose(fast, slow, atol=1e-12), (seed, n, (fast - slow).abs().max())
+    x = torch.randn(1, 2, 7, 6, dtype=torch.float64)
+    for other in (nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2), nn.MaxPool2d(2, padding=1),
+                  nn.MaxPool2d(2, dilation=2), nn.MaxPool2d(2, return_indices=True)):
+        assert rules.tiled_pool(other, x) is None                        # 7 rows, overlap, padding, …
