@@ -300,8 +300,10 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     image = (Ho * kh, Wo * kw)
     pool = lambda img: F.max_pool2d(img.permute(0, 3, 1, 2), (kh, kw), return_indices=True)
     flat = lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, C)          # (B, L, C) views
-    if pooled_ref is not None and pooled_ref["image"].shape[0] == B:                # window images
-        a, (m0, i0) = pooled_ref["image"], (pooled_ref["max"], pooled_ref["index"])
+    if pooled_ref is not None and pooled_ref["image"].shape[0] in (1, B):           # window images
+        a, m0, i0 = pooled_ref["image"], pooled_ref["max"], pooled_ref["index"]
+        if a.shape[0] != B:                                # one reference for the batch
+            a, m0, i0 = a.expand(B, *a.shape[1:]).clone(), m0.expand(B, *m0.shape[1:]), i0.expand(B, *i0.shape[1:])
     else:
         a = _windows(x_ref, wmap, image, low)
         m0, i0 = pool(a)                                   # winners at t = 0

@@ -215,3 +215,24 @@ def test_tiled_pool_is_the_layer_and_feeds_the_same_path_average(kind):
     for other in (nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2), nn.MaxPool2d(2, padding=1),
                   nn.MaxPool2d(2, dilation=2), nn.MaxPool2d(2, return_indices=True)):
         assert rules.tiled_pool(other, x) is None                        # 7 rows, overlap, padding, …
+
+
+@pytest.mark.parametrize("method", ["LID-IG", "SIG-LID-IG"])
+@pytest.mark.parametrize("n", [10, None])
+@pytest.mark.parametrize("refs", [1, 2])
+def test_engine_gives_the_same_relevance_with_and_without_tiled_pooling(monkeypatch, method, n, refs):
+    """The engine's VGG-style pools go through rules.tiled_pool in both passes; switching that off
+    (every pool recomputes its window images) changes no relevance, for one reference or a batch."""
+    import lidlib
+    from lidlib import engine, toy
+    model = toy.cnn(in_channels=3, size=16, seed=2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    base = torch.randn(refs, 3, 16, 16, generator=g, dtype=torch.float64) * 0.3
+    fast = lidlib.explain(model, x, torch.tensor([1, 4]), method, baseline=base, n_steps=n)
+    calls = []
+    monkeypatch.setattr(engine, "tiled_pool", lambda m, t: calls.append(1))
+    slow = lidlib.explain(model, x, torch.tensor([1, 4]), method, baseline=base, n_steps=n)
+    assert calls                                                         # the switch was in effect
+    for k in fast.relevance:
+        torch.testing.assert_close(fast.relevance[k], slow.relevance[k], rtol=1e-12, atol=1e-14)
