@@ -78,11 +78,11 @@ def _explain_baseline(model, x, target, m: Baseline, baseline, n_steps, layers) 
     names = _stage_layers(model, m, layers)
     if m.name == "ScoreCAM":
         maps = [baselines.scorecam(model, x, c, name) for name in names]
+        with torch.no_grad():
+            z = model(x)
     else:
         fn = baselines.gradcam_map if m.name == "GradCAM" else baselines.layercam_map
-        acts, grads = baselines._acts_grads(model, x, c, names)      # all stages: one pass
+        acts, grads, z = baselines._acts_grads(model, x, c, names)      # all stages: one pass
         maps = [fn(a, g) for a, g in zip(acts, grads)]
     relevance = {name: cam[:, None] for name, cam in zip(names, maps)}
-    with torch.no_grad():
-        z = model(x)
     return Explanation(relevance, None, m, c, z, None, None, model, input_shape=x.shape)

@@ -190,14 +190,15 @@ def integrated_gradients_layers(model: nn.Module, x: torch.Tensor, target: Targe
 # ----------------------------------------------------------------------------------------------
 
 def _acts_grads(model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[Layer],
-                need_grads: bool = True) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
-    """Outputs ``A`` of ``layers`` and ``∂Z_c/∂A``, from one forward and one backward pass."""
+                need_grads: bool = True) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]], torch.Tensor]:
+    """Outputs ``A`` of ``layers``, ``∂Z_c/∂A`` and the logits, from one forward and one backward pass."""
     x = _as_input(model, x, min_dim=4)
     c = _check_target(target, x.shape[0], x.device)
     with _prepared(model, layers) as cap:
         with torch.enable_grad() if need_grads else torch.no_grad():
             p = x.detach().requires_grad_(need_grads)   # keeps the graph alive if params are frozen
-            zc = _select(model(p), c)
+            z = model(p)
+            zc = _select(z, c)
             acts = [cap.get(n) for n in cap.names]
             for n, a in zip(cap.names, acts):
                 if a.dim() != 4:
@@ -208,7 +209,7 @@ def _acts_grads(model: nn.Module, x: torch.Tensor, target: Target, layers: Seque
         acts = [a.detach() for a in acts]
         grads = [None if g is None else g.detach() for g in grads]
         cap.clear()
-    return acts, grads
+    return acts, grads, z.detach()
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
@@ -218,7 +219,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
     ``w_k = mean_{ij} ∂Z_c/∂A_kij``, ``cam = ReLU(Σ_k w_k A_k)`` (``relu=False``: the signed map).
     Returns (B, h, w) at the layer's spatial size, un-normalised (see :func:`upsample`, :func:`minmax`).
     """
-    (a,), (g,) = _acts_grads(model, x, target, [layer])
+    (a,), (g,), _ = _acts_grads(model, x, target, [layer])
     return gradcam_map(a, g, relu)
 
 
@@ -235,7 +236,7 @@ def layercam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
     ``cam = ReLU(Σ_k ReLU(∂Z_c/∂A_k) ⊙ A_k)``; ``relu=False`` drops only the outer ReLU (signed map;
     the gradient ReLU is part of the method).  Returns (B, h, w), un-normalised.
     """
-    (a,), (g,) = _acts_grads(model, x, target, [layer])
+    (a,), (g,), _ = _acts_grads(model, x, target, [layer])
     return layercam_map(a, g, relu)
 
 
@@ -258,7 +259,7 @@ def scorecam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
     The ``B·C`` masked inputs are evaluated in batches of ``batch_size``.  Returns (B, h, w).
     """
     bs = _check_batch_size(batch_size, "batch_size")
-    (a,), _ = _acts_grads(model, x, target, [layer], need_grads=False)
+    (a,), _, _ = _acts_grads(model, x, target, [layer], need_grads=False)
     x = _as_input(model, x, min_dim=4)
     c = _check_target(target, x.shape[0], x.device)
     batch, channels = a.shape[:2]
@@ -294,7 +295,7 @@ def layercam_multiscale(model: nn.Module, x: torch.Tensor, target: Target, layer
         if not isinstance(x, torch.Tensor) or x.dim() < 4:
             raise ValueError("size=None needs an image batch x of shape (B, C, H, W)")
         size = tuple(x.shape[-2:])
-    acts, grads = _acts_grads(model, x, target, list(layers))
+    acts, grads, _ = _acts_grads(model, x, target, list(layers))
     total = None
     for a, g in zip(acts, grads):
         cam = minmax(upsample(layercam_map(a, g), size))

@@ -507,3 +507,18 @@ def test_errors():
     with pytest.raises(ValueError, match="logits"):
         bl.integrated_gradients(nn.Sequential(OrderedDict(m=mlp, u=nn.Unflatten(1, (5, 1)))).eval(),
                                 torch.randn(1, 12), 0)
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "LayerCAM"])
+def test_explain_cams_take_their_logits_from_the_one_pass(method):
+    """explain(…, "GradCAM"/"LayerCAM") reads the logits off the pass that gives the maps: one forward."""
+    import lidlib
+    net = make_cnn()
+    model = Counting(net).eval()
+    torch.manual_seed(15)
+    x, t = torch.randn(2, 3, 12, 16), torch.tensor([1, 2])
+    model.calls.clear()
+    e = lidlib.explain(model, x, t, method, layers=["net.relu1", "net.conv3"])
+    assert model.calls == [2]
+    with torch.no_grad():
+        torch.testing.assert_close(e.logits, net(x))
