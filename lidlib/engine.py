@@ -154,7 +154,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     leaves = [m for m in names if next(m.children(), None) is None]
     guard = _FunctionalGuard()
     # a path-averaged max-pool pools through its window image in both passes (rules.tiled_pool)
-    pools = [m for m in leaves if isinstance(m, nn.MaxPool2d) and method.rule.maxpool != "D"]
+    pools = [m for m in leaves if type(m).forward is nn.MaxPool2d.forward and method.rule.maxpool != "D"]
     passes = []
     with patched(model, {m: (lambda x, m=m: passes[-1].pool_forward(m, x)) for m in pools}) as handles:
         reference = None
