@@ -246,36 +246,64 @@ def layercam_map(a: torch.Tensor, g: torch.Tensor, relu: bool = True) -> torch.T
     return cam.clamp_min(0) if relu else cam
 
 
+def scorecam_masks(a: torch.Tensor, size) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Score-CAM's masks ``M_k = (A_k − min) / (max − min + 1e-8)`` of the channels of ``a``
+    (B, C, h, w), upsampled to ``size`` (bilinear, ``align_corners=True`` as pytorch-grad-cam's
+    ``UpsamplingBilinear2d``), and which channels are not constant, ``(masks (B, C, *size), live (B, C))``.
+    A constant channel's mask is 0 exactly."""
+    up = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=True)
+    flat = up.reshape(a.shape[0], a.shape[1], -1)
+    lo_, hi_ = flat.min(-1)[0], flat.max(-1)[0]
+    return (up - lo_[..., None, None]) / (hi_ - lo_ + 1e-8)[..., None, None], hi_ > lo_
+
+
+def scorecam_scores(model: nn.Module, image: torch.Tensor, masks: torch.Tensor, live: torch.Tensor,
+                    batch_size: Optional[int] = 64) -> Tuple[torch.Tensor, int]:
+    """The logits of the masked inputs ``image ⊙ M_k`` of ONE image (C, H, W), for every channel k:
+    ``(scores (C, classes), forwards)``.  The masked inputs do not depend on the class, so the scores
+    serve every class; all constant channels (``live`` False: mask 0) share one forward of ``0 · X``.
+    ``forwards`` counts the masked images evaluated, in batches of ``batch_size``."""
+    k_live = torch.nonzero(live).flatten()
+    k_dead = torch.nonzero(~live).flatten()
+    scores, forwards = None, 0
+    with _prepared(model, []), torch.no_grad():
+        parts = ([(k_dead, image[None] * 0.0)] if len(k_dead) else []) + [
+            (k_live[lo:hi], None) for lo, hi in _chunks(len(k_live), batch_size)]
+        for k, inp in parts:
+            z = model(image[None] * masks[k][:, None] if inp is None else inp)
+            forwards += z.shape[0]
+            if scores is None:
+                scores = z.new_empty(len(live), z.shape[1])
+            scores[k] = z
+    return scores, forwards
+
+
 def scorecam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
              batch_size: int = 64, relu: bool = True) -> torch.Tensor:
     """Score-CAM (Wang et al., CVPR Workshops 2020) at the output ``A`` of ``layer``, as pytorch-grad-cam.
 
-    Each channel ``A_k`` is upsampled to the input size (bilinear, ``align_corners=True`` as
-    pytorch-grad-cam's ``UpsamplingBilinear2d``), min-max normalised per channel,
-    ``M_k = (A_k − min) / (max − min + 1e-8)``, and masks the input; ``w = softmax_k(Z_c(X ⊙ M_k))``
-    (softmax over channels of the target logit of the masked inputs, as pytorch-grad-cam; the Score-CAM
-    authors' code instead weights each channel by the softmax probability ``P_c`` of its masked input),
+    Each channel ``A_k`` is upsampled to the input size, min-max normalised per channel and masks
+    the input (:func:`scorecam_masks`); ``w = softmax_k(Z_c(X ⊙ M_k))`` (softmax over channels of the
+    target logit of the masked inputs, as pytorch-grad-cam; the Score-CAM authors' code instead
+    weights each channel by the softmax probability ``P_c`` of its masked input),
     ``cam = ReLU(Σ_k w_k A_k)``.  Unlike pytorch-grad-cam, the scores stay in the model's dtype.
-    The ``B·C`` masked inputs are evaluated in batches of ``batch_size``.  Returns (B, h, w).
+    The masked inputs are evaluated in batches of ``batch_size``, once per distinct image of the
+    batch (copies of one image for several classes share them) and once for all constant channels
+    (:func:`scorecam_scores`).  Returns (B, h, w).
     """
     bs = _check_batch_size(batch_size, "batch_size")
     (a,), _, _ = _acts_grads(model, x, target, [layer], need_grads=False)
     x = _as_input(model, x, min_dim=4)
     c = _check_target(target, x.shape[0], x.device)
-    batch, channels = a.shape[:2]
-    up = F.interpolate(a, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=True)
-    flat = up.reshape(batch, channels, -1)
-    lo_, hi_ = flat.min(-1)[0][..., None, None], flat.max(-1)[0][..., None, None]
-    masks = (up - lo_) / (hi_ - lo_ + 1e-8)                           # (B, C, H, W)
-    scores = torch.empty(batch * channels, dtype=a.dtype, device=a.device)
-    _check_eval(model)
-    with _prepared(model, []), torch.no_grad():
-        for lo, hi in _chunks(batch * channels, bs):
-            idx = torch.arange(lo, hi, device=a.device)
-            b_idx, k_idx = idx // channels, idx % channels
-            masked = x[b_idx] * masks[b_idx, k_idx][:, None]
-            scores[lo:hi] = _select(model(masked), c[b_idx])
-    w = torch.softmax(scores.reshape(batch, channels), dim=1)
+    masks, live = scorecam_masks(a, x.shape[-2:])
+    scores = torch.empty(a.shape[:2], dtype=a.dtype, device=a.device)           # (B, C): Z_c(X ⊙ M_k)
+    done = {}                                                                   # image index -> its scores
+    for b in range(x.shape[0]):
+        same = next((r for r in done if torch.equal(x[r], x[b])), None)
+        if same is None:
+            done[b] = scorecam_scores(model, x[b], masks[b], live[b], bs)[0]
+        scores[b] = done[b if same is None else same][:, c[b]]
+    w = torch.softmax(scores, dim=1)
     cam = (w[:, :, None, None] * a).sum(1)
     return cam.clamp_min(0) if relu else cam
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 import lidlib  # ``lidlib.explain`` is looked up at call time, so tests can count its calls
+from . import baselines
 from . import images as _images
 from . import models as _models
 from .explanation import Explanation
@@ -115,10 +116,10 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
     """ScoreCAM of ONE image ``x`` (1, 3, H, W) for the classes ``targets``, as an :class:`Explanation`
     with one row per class and relevance only at ``layer`` (default: the model's stage s5).
 
-    Same formula as :func:`lidlib.baselines.scorecam` (upsampled channel ``A_k``, min-max normalised
-    to a mask ``M_k``; ``w = softmax_k Z_c(X ⊙ M_k)``; ``cam = ReLU(Σ_k w_k A_k)``), but the masked
-    inputs do not depend on the class, so one forward pass per channel serves every class; and a
-    constant channel has the mask 0 exactly, so all constant channels share one forward of ``0 · X``.
+    Same formula and the same masked forwards as :func:`lidlib.baselines.scorecam` (upsampled channel
+    ``A_k``, min-max normalised to a mask ``M_k``; ``w = softmax_k Z_c(X ⊙ M_k)``;
+    ``cam = ReLU(Σ_k w_k A_k)``): one forward per non-constant channel serves every class, and all
+    constant channels share one forward of ``0 · X`` (:func:`lidlib.baselines.scorecam_scores`).
     ``e.scorecam_forwards`` is the number of masked images evaluated.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
@@ -147,22 +148,13 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
     if not (0 <= int(c.min()) and int(c.max()) < z.shape[1]):
         raise ValueError(f"targets {c.tolist()} out of range for {z.shape[1]} classes")
     a = captured[0][0]                                                      # (C, h, w)
-    up = F.interpolate(a[None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=True)[0]
-    flat = up.reshape(up.shape[0], -1)
-    lo, hi = flat.min(1).values, flat.max(1).values
-    masks = (up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None]      # (C, H, W)
-    live = torch.nonzero(hi > lo).flatten()
-    scores = torch.empty(a.shape[0], z.shape[1], dtype=z.dtype)
-    with torch.no_grad():
-        scores[:] = model(x * 0.0)[0]                                       # every constant channel: mask 0
-        for i in range(0, len(live), batch_size):
-            k = live[i:i + batch_size]
-            scores[k] = model(x * masks[k][:, None])
+    masks, live = baselines.scorecam_masks(a[None], x.shape[-2:])
+    scores, forwards = baselines.scorecam_scores(model, x[0], masks[0], live[0], batch_size)
     w = torch.softmax(scores[:, c].T, dim=1)                                # (len(c), C): softmax over channels
     cam = torch.einsum("bk,khw->bhw", w, a).clamp_min(0)
     e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(), None,
                     None, model, input_shape=(len(c),) + tuple(x.shape[1:]))
-    e.scorecam_forwards = int(len(live)) + 1
+    e.scorecam_forwards = forwards
     return e
 
 

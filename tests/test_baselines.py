@@ -343,11 +343,34 @@ def test_scorecam_matches_pytorch_grad_cam_cnn():
     close(ours, raw, rtol=1e-5, atol_rel=1e-6)
     ref_final = scale_cam_image(scale_cam_image(np.maximum(raw, 0), (16, 12)))
     close(_pgc_post(ours.clamp_min(0), (12, 16)), ref_final, rtol=0, atol_rel=2e-5)
-    # batching does not change the result; B·C = 32 masked inputs in 7 forward passes of ≤ 5
+    # batching does not change the result: per image, its C = 16 masked inputs in passes of ≤ 5
     counted = Counting(model).eval()
     again = bl.scorecam(counted, x, torch.tensor(t), "net.conv3", batch_size=5, relu=False)
-    assert counted.calls == [2] + [5] * 6 + [2]       # one pass for A, then the masked batches
+    assert counted.calls == [2] + [5, 5, 5, 1] * 2     # one pass for A, then each image's masked batches
     close(again, ours, rtol=1e-6, atol_rel=1e-7)
+
+
+def test_scorecam_shares_masked_forwards_between_copies_and_constant_channels():
+    """Copies of one image (classes A and B) share their masked forwards, and all constant channels
+    (mask 0 exactly) share one forward of 0·X: the same maps as separate calls, with fewer passes."""
+    model = make_cnn()
+    with torch.no_grad():
+        model.conv1.bias[:3] = -100.0                  # relu1 channels 0..2 are 0 everywhere: constant
+    torch.manual_seed(16)
+    x = torch.randn(1, 3, 12, 16)
+    with torch.no_grad():
+        acts = torch.relu(model.conv1(x))
+    masks, live = bl.scorecam_masks(acts, x.shape[-2:])
+    assert live.sum() == 5 and not live[0, :3].any() and torch.equal(masks[0, :3], torch.zeros_like(masks[0, :3]))
+    counted = Counting(model).eval()
+    both = bl.scorecam(counted, x.expand(2, -1, -1, -1), torch.tensor([1, 6]), "net.relu1", batch_size=4)
+    assert counted.calls == [2, 1, 4, 1]               # A; then 0·X once, the 5 live masks once, not twice
+    for b, c in enumerate((1, 6)):
+        close(both[b], bl.scorecam(model, x, c, "relu1", batch_size=4)[0], rtol=1e-6, atol_rel=1e-7)
+        # the same as masking with every channel (as pytorch-grad-cam does)
+        with torch.no_grad():
+            z = model(x * masks[0][:, None])[:, c]
+        close(both[b], (torch.softmax(z, 0)[:, None, None] * acts[0]).sum(0).clamp_min(0), rtol=1e-6, atol_rel=1e-7)
 
 
 def test_scorecam_matches_pytorch_grad_cam_vgg(vgg, vgg_ref):
