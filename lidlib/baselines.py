@@ -263,15 +263,14 @@ def scorecam_scores(model: nn.Module, image: torch.Tensor, masks: torch.Tensor, 
     ``(scores (C, classes), forwards)``.  The masked inputs do not depend on the class, so the scores
     serve every class; all constant channels (``live`` False: mask 0) share one forward of ``0 · X``.
     ``forwards`` counts the masked images evaluated, in batches of ``batch_size``."""
-    k_live = torch.nonzero(live).flatten()
-    k_dead = torch.nonzero(~live).flatten()
+    k_live, k_dead = torch.nonzero(live).flatten(), torch.nonzero(~live).flatten()
+    groups = ([k_dead] if len(k_dead) else []) + [k_live[lo:hi] for lo, hi in _chunks(len(k_live), batch_size)]
     scores, forwards = None, 0
     with _prepared(model, []), torch.no_grad():
-        parts = ([(k_dead, image[None] * 0.0)] if len(k_dead) else []) + [
-            (k_live[lo:hi], None) for lo, hi in _chunks(len(k_live), batch_size)]
-        for k, inp in parts:
-            z = model(image[None] * masks[k][:, None] if inp is None else inp)
-            forwards += z.shape[0]
+        for k in groups:
+            shown = k if live[k[0]] else k[:1]           # constant channels: one mask 0 serves them all
+            z = model(image[None] * masks[shown][:, None])
+            forwards += len(shown)
             if scores is None:
                 scores = z.new_empty(len(live), z.shape[1])
             scores[k] = z
@@ -299,10 +298,10 @@ def scorecam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
     scores = torch.empty(a.shape[:2], dtype=a.dtype, device=a.device)           # (B, C): Z_c(X ⊙ M_k)
     done = {}                                                                   # image index -> its scores
     for b in range(x.shape[0]):
-        same = next((r for r in done if torch.equal(x[r], x[b])), None)
-        if same is None:
-            done[b] = scorecam_scores(model, x[b], masks[b], live[b], bs)[0]
-        scores[b] = done[b if same is None else same][:, c[b]]
+        r = next((r for r in done if torch.equal(x[r], x[b])), b)                # a copy of an earlier image?
+        if r not in done:
+            done[r] = scorecam_scores(model, x[r], masks[r], live[r], bs)[0]
+        scores[b] = done[r][:, c[b]]
     w = torch.softmax(scores, dim=1)
     cam = (w[:, :, None, None] * a).sum(1)
     return cam.clamp_min(0) if relu else cam

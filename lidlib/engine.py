@@ -185,7 +185,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             for k in keys:
                 recorder.watch(k, actual.outputs[k], reference.outputs[k] if reference else None)
             (g_in,) = torch.autograd.grad(z, x_in, grad_outputs=g_top, allow_unused=True)
-    relevance = OrderedDict(input=recorder.product(x_in.detach(), g_in, baseline, own=False))
+    relevance = OrderedDict(input=recorder.product(x_in.detach(), g_in, baseline))   # the baseline is protected
     for k in keys:
         t = actual.outputs[k]
         r = recorder.relevance.get(k)
@@ -208,22 +208,23 @@ class _Recorder:
     layer keeps no gradients alive and allocates little."""
 
     def __init__(self, reference: Optional[_Pass], protected):
-        self.users = {}                                  # storage -> the layers (or others) using it
+        self.users = {}                                  # storage -> the layers (or tensors) using it
         outputs = list(reference.outputs.items()) if reference else []
         seen = {id(t) for _, t in outputs}
         users = outputs + [(id(t), t) for t in (reference.inputs.values() if reference else ()) if id(t) not in seen]
-        users += [("protected", t) for t in protected if isinstance(t, torch.Tensor)]
         for user, t in users:
             self.users.setdefault(_storage(t), set()).add(user)
+        self.protected = {_storage(t) for t in protected if isinstance(t, torch.Tensor)}   # never written
         self.relevance = {}
 
-    def product(self, t: torch.Tensor, g: Optional[torch.Tensor], ref: Optional[torch.Tensor], own=True):
+    def product(self, t: torch.Tensor, g: Optional[torch.Tensor], ref: Optional[torch.Tensor]):
         if g is None:                                    # the layer does not reach the logits
             return torch.zeros_like(t if ref is None else t - ref)
         if ref is None:
             return g * t
-        own = (own and len(self.users.get(_storage(ref), ())) == 1 and ref.shape == t.shape
-               and ref.dtype == t.dtype and ref.is_contiguous())
+        storage = _storage(ref)
+        own = (storage not in self.protected and len(self.users.get(storage, ())) == 1
+               and ref.shape == t.shape and ref.dtype == t.dtype and ref.is_contiguous())
         return torch.sub(t, ref, out=ref if own else None).mul_(g)
 
     def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor]) -> None:
