@@ -1,15 +1,16 @@
 """``explain``: one signature for every method of the paper (the panorama and the baselines)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from . import baselines
-from .checks import _as_input, _check_baseline, _check_steps, _check_target, _resolve_layer
-from .engine import check_model, propagate
+from .checks import (_as_input, _check_baseline, _check_eval, _check_layers, _check_steps, _check_target,
+                     _resolve_layer)
+from .engine import check_model, exclusive, propagate
 from .explanation import Explanation
-from .methods import Baseline, Method, get_method
+from .methods import _BASELINES, Baseline, Method, get_method
 
 
 def explain(model: torch.nn.Module, x: torch.Tensor, target, method: Union[str, Method] = "SIG-LID-IG", *,
@@ -17,26 +18,76 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target, method: Union[str, 
             layers: Optional[Sequence[str]] = None) -> Explanation:
     """Explain class ``target`` of ``model`` at the batch ``x`` with a method of :data:`lidlib.METHODS`.
 
-    ``target``: an int or a (B,) tensor of class indices.  ``baseline``: the reference input X̂,
-    ``None`` for zeros (the paper's default), or a tensor broadcastable to ``x``; the LRP family has
-    no reference and ignores it.  ``n_steps``: path samples for IG rules, the SIG top and IG (paper:
-    10); ``None`` is the exact limit n → ∞ (not for the baseline IG).  ``layers``: module names whose
-    relevance to keep (default: every layer; for CAMs, the model's stages — only s5 for ScoreCAM).
-    The model must be in eval mode; it is left unchanged, also when an error is raised.
+    ``target``: an int or a (B,) tensor (or NumPy array) of class indices.  ``baseline``: the
+    reference input X̂, ``None`` for zeros (the paper's default), a number, or a tensor broadcastable
+    to ``x``; the LRP family has no reference and ignores it.  ``n_steps``: path samples for IG rules,
+    the SIG top and IG (paper: 10); ``None`` is the exact limit n → ∞ (not for the baseline IG);
+    methods that sample no path ignore it.  ``layers``: a list of module names whose relevance to
+    keep (default: every layer; for CAMs, the model's stages — only s5 for ScoreCAM).
+
+    The model must be in eval mode, in float32 or float64 (half precision is refused), and return
+    logits; integer inputs are converted to its dtype.  It is left unchanged, also when an error is
+    raised.  Explanations of one model object are serialised by a lock on that model (other threads
+    wait; different models run in parallel); an explanation started from inside the model's own
+    forward pass during another explanation of it raises RuntimeError (see
+    :func:`lidlib.engine.exclusive`).  For repeated calls with one reference, :class:`lidlib.Explainer`
+    gives the same result and skips the reference pass.
     """
-    m = get_method(method)
-    if isinstance(m, Baseline):
-        return _explain_baseline(model, x, target, m, baseline, n_steps, layers)
+    m = _check_method(get_method(method))
+    _check_eval(model)
+    with exclusive(model):
+        if isinstance(m, Baseline):
+            return _explain_baseline(model, x, target, m, baseline, n_steps, _check_layers(layers))
+        call = prepare(model, x, target, m, baseline, n_steps, layers)
+        return propagate(model, call.x, call.target, m, call.baseline, call.n_steps, call.keep)
+
+
+class Call(NamedTuple):
+    """The validated arguments of one panorama explanation."""
+    x: torch.Tensor
+    target: torch.Tensor
+    baseline: Optional[torch.Tensor]
+    n_steps: Optional[int]
+    keep: Optional[set]
+
+
+def prepare(model, x, target, m: Method, baseline, n_steps, layers) -> Call:
+    """Check a panorama call (model, input, target, reference, n_steps, layers) as :func:`explain` does."""
     check_model(model)
-    if n_steps is not None:
-        n_steps = _check_steps(n_steps)
+    n_steps = _steps(m, n_steps)
+    layers = _check_layers(layers)
     x = _finite(_as_input(model, x), "x")
     target = _check_target(target, x.shape[0], x.device)
     ref = None
     if m.increment:
-        ref = _finite(_check_baseline(baseline, x[:1] if _one_reference(baseline, x) else x), "baseline")
+        ref = _finite(_check_baseline(baseline, x, one=_one_reference(baseline, x)), "baseline")
     keep = None if layers is None else {_resolve_layer(model, l)[0] for l in layers}
-    return propagate(model, x, target, m, ref, n_steps, keep)
+    return Call(x, target, ref, n_steps, keep)
+
+
+def _check_method(m):
+    if isinstance(m, Method) and not isinstance(m.increment, bool):
+        raise TypeError(f"Method.increment must be True or False, got {m.increment!r}")
+    if isinstance(m, Baseline) and m not in _BASELINES:
+        raise ValueError(f"unknown baseline method {m!r}; the baselines are "
+                         f"{', '.join(b.name for b in _BASELINES)}: pass one of these names")
+    return m
+
+
+def uses_steps(m: Method) -> bool:
+    """Whether a method samples a path: the SIG top (Sec. 3.3) or a path-averaged rule (Eq. 21)."""
+    return m.top == "SIG" or "D̄" in (m.rule.elementwise, m.rule.maxpool)
+
+
+def _steps(m: Method, n_steps):
+    if n_steps is None:
+        return None
+    if not uses_steps(m):            # ignored, as the CAMs ignore it: kept if valid, else None
+        try:
+            return _check_steps(n_steps)
+        except ValueError:
+            return None
+    return _check_steps(n_steps)
 
 
 def _one_reference(baseline, x) -> bool:

@@ -11,8 +11,10 @@ Every function leaves the model as it found it: forward hooks are removed, the `
 its modules (torchvision's VGG uses ``nn.ReLU(inplace=True)``) are switched off for the call and
 restored, parameters, their ``requires_grad`` flags and ``.grad`` are not touched (gradients are
 taken with :func:`torch.autograd.grad`), and the train/eval mode is not changed -- also when an
-exception is raised half-way.  The model must be in eval mode.  Computations run in the dtype and on
-the device of the model's parameters (float32 or float64).
+exception is raised half-way.  The model must be in eval mode and return logits (no final Softmax).
+Computations run in the dtype and on the device of the model's parameters (float32 or float64; half
+precision is refused).  Calls on the same model from several threads are serialised
+(:func:`lidlib.engine.exclusive`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import (Layer, Target, _as_input, _check_baseline, _check_batch_size, _check_eval,
-                     _check_steps, _check_target, _resolve_layer, _select)
+                     _check_logits_model, _check_steps, _check_target, _resolve_layer, _select)
+from .engine import hooked, inplace_off, shape_hooks
 
 __all__ = [
     "integrated_gradients",
@@ -60,39 +63,36 @@ class _Capture:
 
 @contextlib.contextmanager
 def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
-    """Check eval mode, switch ``inplace`` off, hook ``layers``; undo everything on exit.
+    """Check eval mode, hold the model (:func:`lidlib.engine.hooked`: one explanation of a model at a
+    time), switch ``inplace`` off, hook ``layers``; undo everything on exit.
 
     The hook stores the layer's output ``h`` and hands a clone to the rest of the network, so that no
     later in-place operation (a functional ReLU, ``out += identity`` in a ResNet) can overwrite the
     stored values or re-base their autograd history; ``∂Z/∂h`` is then taken w.r.t. ``h`` itself.
     """
     _check_eval(model)
+    _check_logits_model(model)
     resolved = [_resolve_layer(model, l) for l in layers]
     names = [n for n, _ in resolved]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate layers in {names}")
     cap = _Capture(names)
-    flags = []
     handles = []
-    try:
-        for m in model.modules():
-            if isinstance(getattr(m, "inplace", None), bool):
-                flags.append((m, m.inplace))
-                m.inplace = False
-        for name, m in resolved:
-            def hook(_module, _inputs, output, _name=name):
-                if not isinstance(output, torch.Tensor):
-                    raise TypeError(f"layer {_name!r} returns {type(output).__name__}, not a tensor")
-                cap.outputs[_name].append(output)
-                return output.clone()
-            handles.append(m.register_forward_hook(hook))
-        yield cap
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags:
-            m.inplace = flag
-        cap.clear()
+    with hooked(model), inplace_off(model):
+        try:
+            handles += shape_hooks(model)
+            for name, m in resolved:
+                def hook(_module, _inputs, output, _name=name):
+                    if not isinstance(output, torch.Tensor):
+                        raise TypeError(f"layer {_name!r} returns {type(output).__name__}, not a tensor")
+                    cap.outputs[_name].append(output)
+                    return output.clone()
+                handles.append(m.register_forward_hook(hook))
+            yield cap
+        finally:
+            for h in handles:
+                h.remove()
+            cap.clear()
 
 
 def _chunks(n: int, size: Optional[int]) -> List[Tuple[int, int]]:

@@ -5,6 +5,7 @@ import difflib
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -13,6 +14,8 @@ Layer = Union[str, nn.Module]
 
 
 def _check_eval(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     bad = [name or "<model>" for name, m in model.named_modules() if m.training]
     if bad:
         raise RuntimeError(
@@ -21,19 +24,39 @@ def _check_eval(model: nn.Module) -> None:
             "random or batch-dependent")
 
 
+def _check_logits_model(model: nn.Module) -> None:
+    """Every method explains logits: a model ending in (or containing) Softmax is refused."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmax2d)):
+            raise TypeError(f"layer {name or '<model>'!r} ({type(m).__name__}): the model must return logits; "
+                            "drop the Softmax (the SG/ST/SIG methods apply the softmax themselves)")
+
+
+#: dtypes lidlib explains in; half precision is refused (path averages and conservation need more bits)
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
 def _model_dtype_device(model: nn.Module, x: torch.Tensor) -> Tuple[torch.dtype, torch.device]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype, p.device
-    for b in model.buffers():
-        if b.is_floating_point():
-            return b.dtype, b.device
-    return (x.dtype if x.is_floating_point() else torch.get_default_dtype()), x.device
+    """The dtype and device of the model's first floating-point parameter (or buffer), else of ``x``."""
+    found = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
+    if found is not None:
+        dtype, device = found.dtype, found.device
+    else:
+        dtype, device = (x.dtype if x.is_floating_point() else torch.get_default_dtype()), x.device
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"lidlib explains float32 and float64 models; this one is {dtype}, whose rounding "
+                        "(~1e-3) would silently spoil the relevances: explain a float32 copy, "
+                        "e.g. copy.deepcopy(model).float(), with x.float()")
+    return dtype, device
 
 
 def _as_input(model: nn.Module, x: torch.Tensor, min_dim: int = 2) -> torch.Tensor:
+    """``x`` detached, in the model's dtype and on its device; integer tensors are converted (their
+    values are kept exactly), bool and complex ones refused."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"x must hold real numbers (a float or integer tensor), got dtype {x.dtype}")
     if x.dim() < min_dim:
         raise ValueError(f"x must have a batch dimension and at least {min_dim} dimensions, "
                          f"got shape {tuple(x.shape)}")
@@ -44,7 +67,14 @@ def _as_input(model: nn.Module, x: torch.Tensor, min_dim: int = 2) -> torch.Tens
 
 
 def _check_target(target: Target, batch: int, device: torch.device) -> torch.Tensor:
-    """``target`` as a (B,) long tensor; the range is checked against the logits later."""
+    """``target`` as a (B,) long tensor; the range is checked against the logits later.  NumPy integer
+    scalars and arrays are accepted like Python ints and tensors."""
+    if isinstance(target, np.ndarray):
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target must hold integer class indices, got a NumPy array of dtype {target.dtype}")
+        target = torch.as_tensor(target.astype(np.int64))
+    elif isinstance(target, np.generic) and not isinstance(target, np.integer):
+        raise TypeError(f"target must be an integer class index, got {type(target).__name__}")
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
@@ -70,6 +100,8 @@ def _check_target(target: Target, batch: int, device: torch.device) -> torch.Ten
 
 def _select(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """``Z_c`` for every row of the logits ``z`` (N, K), with a clear range check."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"the model must return a logits tensor of shape (B, K), it returned {type(z).__name__}")
     if z.dim() != 2:
         raise ValueError(f"the model must return logits of shape (B, K), got {tuple(z.shape)}")
     k = z.shape[1]
@@ -80,13 +112,31 @@ def _select(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return z.gather(1, c[:, None])[:, 0]
 
 
-def _check_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
+def _check_layers(layers) -> Optional[list]:
+    """``layers`` as a list of names/modules; a lone string is refused (it would split into characters)."""
+    if layers is None:
+        return None
+    if isinstance(layers, (str, nn.Module)):
+        raise TypeError(f"layers must be a list of module names, e.g. layers=[{layers!r}], "
+                        f"got a single {type(layers).__name__}")
+    try:
+        return list(layers)
+    except TypeError:
+        raise TypeError(f"layers must be a list of module names, got {type(layers).__name__}") from None
+
+
+def _check_baseline(baseline, x: torch.Tensor, one: bool = False) -> torch.Tensor:
+    """The reference ``X̂`` as a tensor like ``x`` (``one=True``: like ``x[:1]``, one reference for the
+    whole batch); errors name the shape of ``x`` itself."""
+    like = x[:1] if one else x
     if baseline is None:
-        return torch.zeros_like(x)
-    if isinstance(baseline, numbers.Number) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
+        return torch.zeros_like(like)
+    if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        return torch.full_like(like, float(baseline))
     if not isinstance(baseline, torch.Tensor):
         raise TypeError(f"baseline must be None, a number or a tensor, got {type(baseline).__name__}")
+    if baseline.dtype == torch.bool or baseline.is_complex():
+        raise TypeError(f"baseline must hold real numbers, got dtype {baseline.dtype}")
     try:
         shape = torch.broadcast_shapes(baseline.shape, x.shape)
     except RuntimeError:
@@ -94,7 +144,7 @@ def _check_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
     if shape != x.shape:
         raise ValueError(f"baseline of shape {tuple(baseline.shape)} cannot be broadcast to the "
                          f"input shape {tuple(x.shape)}")
-    return baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(x)
+    return baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(like)
 
 
 def _check_steps(n_steps) -> int:

@@ -7,6 +7,8 @@ Path averages are per layer (Eq. 21), so they cost element-wise work, not extra 
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Optional
@@ -35,6 +37,9 @@ def check_model(model: nn.Module) -> None:
                          "linear layers: Conv, Linear, BatchNorm (eval), AvgPool, AdaptiveAvgPool, Flatten, "
                          "Dropout (eval), Identity, zero/constant padding.")
             raise TypeError(f"lidlib cannot explain layer {name or '<model>'!r} ({type(m).__name__}).{hint}")
+        if isinstance(m, nn.MaxPool2d) and m.return_indices:
+            raise TypeError(f"lidlib cannot explain layer {name!r}: a max-pool with return_indices=True returns a "
+                            "tuple; use return_indices=False (take indices from a separate call if needed)")
 
 
 #: non-linear functions that, called in a model's own forward code (outside a layer module), would
@@ -65,33 +70,143 @@ class _FunctionalGuard(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if self.depth == 0 and func in NONLINEAR_FUNCTIONS:
-            name = getattr(func, "__qualname__", getattr(func, "__name__", str(func)))
+            name = _function_name(func)
             raise TypeError(f"the model's forward code calls the non-linear function {name} outside a "
                             "layer module; lidlib propagates relevance through modules only, so write it "
                             "as a module (e.g. nn.ReLU(), nn.MaxPool2d(...)) in the model")
         return func(*args, **(kwargs or {}))
 
 
+def _function_name(func) -> str:
+    """The public spelling of a torch function: ``torch.softmax``, ``F.relu``, ``Tensor.clamp``."""
+    name = getattr(func, "__name__", str(func))
+    module = getattr(func, "__module__", None)
+    if module == "torch.nn.functional":
+        return f"F.{name}"
+    if module == "torch" or module is None and getattr(torch, name, None) is func:
+        return f"torch.{name}"
+    return f"Tensor.{name}" if "Tensor" in getattr(func, "__qualname__", "") else name
+
+
+# ------------------------------------------------------------------------------ one model, one explanation
+class _ModelState:
+    """What lidlib keeps per model object: its lock, and whether lidlib's hooks are on it now."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.hooked = False
+
+
+_STATES: "weakref.WeakKeyDictionary[nn.Module, _ModelState]" = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
+
+REENTRY = ("lidlib: this model is already being explained by this thread — an explanation was started from "
+           "inside the model's own forward or backward pass (e.g. from a hook) while lidlib's hooks were on it. "
+           "Nested explanations of one model would see each other's hooks; explain it after that pass, or "
+           "explain a copy (copy.deepcopy(model)) inside the hook.")
+
+
+def _model_state(model: nn.Module) -> _ModelState:
+    with _STATES_LOCK:
+        state = _STATES.get(model)
+        if state is None:
+            state = _STATES[model] = _ModelState()
+        return state
+
+
+@contextmanager
+def exclusive(model: nn.Module):
+    """Hold ``model``'s lock for one explanation (every public entry point does).
+
+    Concurrency: lidlib's hooks and in-place switches live on the shared modules, so explanations of
+    the SAME model object are serialised — a second thread waits until the first is done — while
+    different models run in parallel.  The lock is re-entrant, so lidlib's own entry points can call
+    each other; but an explanation that this thread starts while lidlib's hooks are on the model (from
+    a user's hook inside the model's forward or backward pass) raises :data:`REENTRY` instead of
+    silently mixing two explanations.  Not covered: a plain ``model(x)`` of the user's in another
+    thread during an explanation (it would see the hooks), and two models sharing submodules."""
+    state = _model_state(model)
+    with state.lock:
+        if state.hooked:
+            raise RuntimeError(REENTRY)
+        yield state
+
+
+@contextmanager
+def hooked(model: nn.Module):
+    """:func:`exclusive`, and mark the model as carrying lidlib's hooks (nested explanations refused)."""
+    with exclusive(model) as state:
+        state.hooked = True
+        try:
+            yield
+        finally:
+            state.hooked = False
+
+
+@contextmanager
+def inplace_off(model: nn.Module):
+    """Switch off every truthy ``inplace`` flag (``True``, ``1``, …) for the duration and restore each
+    exactly: an instance attribute gets its old value back, a flag that was a class attribute leaves
+    no instance attribute behind."""
+    flags = []
+    try:
+        for m in model.modules():
+            v = getattr(m, "inplace", None)
+            if v is not None and not isinstance(v, torch.Tensor) and bool(v):
+                flags.append((m, "inplace" in vars(m), v))
+                m.inplace = False
+        yield
+    finally:
+        for m, own, v in reversed(flags):
+            if own:
+                m.inplace = v
+            else:
+                vars(m).pop("inplace", None)
+
+
 @contextmanager
 def patched(model: nn.Module, forwards=None):
-    """Switch off in-place flags and route the layers in ``forwards`` (module -> function) through
-    those functions for the duration; restore all of it and remove all hooks afterwards."""
-    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
-    forwards = {m: f for m, f in (forwards or {}).items() if "forward" not in vars(m)}
-    handles = []
-    try:
-        for m in inplace:
-            m.inplace = False
-        for m, f in forwards.items():
-            m.forward = f
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
-        for m in inplace:
-            m.inplace = True
-        for m in forwards:
-            vars(m).pop("forward", None)
+    """Hold the model (:func:`hooked`), switch off in-place flags (:func:`inplace_off`) and route the
+    layers in ``forwards`` (module -> function) through those functions for the duration; restore
+    all of it and remove all hooks afterwards."""
+    with hooked(model), inplace_off(model):
+        forwards = {m: f for m, f in (forwards or {}).items() if "forward" not in vars(m)}
+        handles = []
+        try:
+            for m, f in forwards.items():
+                m.forward = f
+            yield handles
+        finally:
+            for h in handles:
+                h.remove()
+            for m in forwards:
+                vars(m).pop("forward", None)
+
+
+def shape_hooks(model: nn.Module, x_shape=None):
+    """Forward pre-hooks that name the layer when its input does not fit it (missing batch dimension,
+    wrong channels or features), instead of a raw convolution or matmul error."""
+    names = {m: n for n, m in model.named_modules()}
+    given = f"; x has shape {tuple(x_shape)}" if x_shape is not None else ""
+
+    def check(module, args):
+        a = args[0] if args else None
+        if not isinstance(a, torch.Tensor):
+            return
+        name = f"layer {names.get(module, '?')!r} ({type(module).__name__})"
+        if isinstance(module, nn.Linear) and a.dim() >= 1 and a.shape[-1] != module.in_features:
+            raise ValueError(f"{name} expects {module.in_features} input features but receives "
+                             f"{a.shape[-1]}{given}: the input size does not fit the model")
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            want = module.weight.dim()
+            if a.dim() != want:
+                raise ValueError(f"{name} expects a {want}-D input (batch, {module.in_channels}, ...) but receives "
+                                 f"{a.dim()}-D{given}: add the batch dimension (x[None]) or reshape x")
+            if a.shape[1] != module.in_channels:
+                raise ValueError(f"{name} expects {module.in_channels} input channels but receives "
+                                 f"{a.shape[1]}{given}")
+    return [m.register_forward_pre_hook(check) for m in model.modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
 
 
 class _Pass:
@@ -133,7 +248,7 @@ class _Pass:
         if self.method is not None and leaf:
             x = args[0]
             if self.reference is None:    # no increment: every layer's reference is 0
-                x_ref, y_ref = torch.zeros((), dtype=x.dtype), torch.zeros((), dtype=x.dtype)
+                x_ref, y_ref = (torch.zeros((), dtype=x.dtype, device=x.device) for _ in range(2))
             else:
                 x_ref, y_ref = self.reference.inputs[key], self.reference.outputs[key]
             pooled_ref = self.reference.pooled.pop(key, None) if self.reference is not None else None
@@ -144,33 +259,73 @@ class _Pass:
         return output
 
 
+class _SharedPools(dict):
+    """The max-pool window images of a reference kept for reuse (:class:`Reference`): the rules
+    consume a window image in place, so every use hands out a copy and keeps the original."""
+
+    def pop(self, key, default=None):
+        p = self.get(key, default)
+        return p if p is None else {**p, "image": p["image"].clone()}
+
+
+class Reference:
+    """The reference pass of a method: every layer's reference input ``X̂^l`` and output ``Ŷ^l``
+    (and max-pool window images), and the reference logits ``Ẑ``, for a baseline already checked
+    by :func:`lidlib.explain` (batch 1: one reference for every sample; or one per sample).
+
+    ``shared=False``: used by one call only, whose recorder may write relevances into its buffers.
+    ``shared=True``: kept for reuse (:class:`lidlib.Explainer`) — nothing writes into it."""
+
+    def __init__(self, pass_: "_Pass", z_ref: torch.Tensor, baseline: torch.Tensor, shared: bool):
+        self.pass_, self.z_ref, self.baseline, self.shared = pass_, z_ref, baseline, shared
+        if shared:
+            pass_.pooled = _SharedPools(pass_.pooled)
+
+
+def _layers(model: nn.Module):
+    names = {m: name for name, m in model.named_modules() if name}
+    return names, [m for m in names if next(m.children(), None) is None]
+
+
+def _pool_forwards(leaves, method: Method, passes):
+    """A path-averaged max-pool pools through its window image in both passes (rules.tiled_pool)."""
+    pools = [m for m in leaves if type(m).forward is nn.MaxPool2d.forward and method.rule.maxpool != "D"]
+    return {m: (lambda x, m=m: passes[-1].pool_forward(m, x)) for m in pools}
+
+
+def reference_pass(model: nn.Module, baseline: torch.Tensor, method: Method, shared: bool = False,
+                   x_shape=None) -> Reference:
+    """Forward the reference ``X̂`` once, recording what the actual pass's rules need (Eq. 21)."""
+    names, leaves = _layers(model)
+    guard = _FunctionalGuard()
+    reference = _Pass(names)
+    with patched(model, _pool_forwards(leaves, method, [reference])) as handles:
+        handles += shape_hooks(model, x_shape)
+        handles += [m.register_forward_hook(reference.hook) for m in names]
+        handles += _guard_hooks(guard, leaves)
+        with torch.no_grad(), guard:
+            z_ref = model(baseline)
+    return Reference(reference, z_ref, baseline, shared)
+
+
 def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: Method,
-              baseline: Optional[torch.Tensor], n_steps: Optional[int], keep=None) -> Explanation:
+              baseline: Optional[torch.Tensor], n_steps: Optional[int], keep=None,
+              reference: Optional[Reference] = None) -> Explanation:
     """Run ``method`` on an eval-mode model (inputs already validated by :func:`lidlib.explain`).
 
     ``keep``: names of the layers whose relevance to return (None: all); the input is always kept.
+    ``reference``: a :class:`Reference` of ``baseline`` computed before (:class:`lidlib.Explainer`);
+    None computes it here (increment methods only).  The result does not depend on which.
     """
-    names = {m: name for name, m in model.named_modules() if name}
-    leaves = [m for m in names if next(m.children(), None) is None]
+    if method.increment and reference is None:
+        reference = reference_pass(model, baseline, method, x_shape=x.shape)
+    names, leaves = _layers(model)
     guard = _FunctionalGuard()
-    # a path-averaged max-pool pools through its window image in both passes (rules.tiled_pool)
-    pools = [m for m in leaves if type(m).forward is nn.MaxPool2d.forward and method.rule.maxpool != "D"]
-    passes = []
-    with patched(model, {m: (lambda x, m=m: passes[-1].pool_forward(m, x)) for m in pools}) as handles:
-        reference = None
-        z_ref = torch.zeros((), dtype=x.dtype)
-        if method.increment:
-            reference = _Pass(names)
-            passes.append(reference)
-            handles += [m.register_forward_hook(reference.hook) for m in names]
-            handles += _guard_hooks(guard, leaves)
-            with torch.no_grad(), guard:
-                z_ref = model(baseline)
-            for h in handles:
-                h.remove()
-            handles.clear()
-        actual = _Pass(names, reference, method, n_steps)
-        passes.append(actual)
+    ref = reference.pass_ if reference is not None else None
+    z_ref = reference.z_ref if reference is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+    actual = _Pass(names, ref, method, n_steps)
+    with patched(model, _pool_forwards(leaves, method, [actual])) as handles:
+        handles += shape_hooks(model, x.shape)
         handles += [m.register_forward_hook(actual.hook) for m in names]
         handles += _guard_hooks(guard, leaves)
         with torch.enable_grad():
@@ -181,9 +336,10 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
             wanted = None if keep is None else {actual.aliases.get(k, k) for k in keep}
             keys = [k for k in actual.outputs if wanted is None or k in wanted]
-            recorder = _Recorder(reference, [baseline, z_ref, x_in] + list(model.parameters()) + list(model.buffers()))
+            writable = ref if reference is not None and not reference.shared else None
+            recorder = _Recorder(writable, [baseline, z_ref, x_in] + list(model.parameters()) + list(model.buffers()))
             for k in keys:
-                recorder.watch(k, actual.outputs[k], reference.outputs[k] if reference else None)
+                recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None)
             (g_in,) = torch.autograd.grad(z, x_in, grad_outputs=g_top, allow_unused=True)
     relevance = OrderedDict(input=recorder.product(x_in.detach(), g_in, baseline))   # the baseline is protected
     for k in keys:
@@ -191,7 +347,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
         r = recorder.relevance.get(k)
         if r is None and t is x_in:                      # e.g. an Identity first layer
             r = relevance["input"]
-        relevance[k] = r if r is not None else recorder.product(t.detach(), None, reference.outputs[k] if reference else None)
+        relevance[k] = r if r is not None else recorder.product(t.detach(), None, ref.outputs[k] if ref else None)
     return Explanation(relevance, r_top, method, target, z.detach(),
                        z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
                        aliases=actual.aliases, input_shape=x.shape)
