@@ -7,6 +7,9 @@ explanation for deep networks", Acta Automatica Sinica 50(10), 2024.  One call e
     e = lidlib.explain(model, x, target, method="SIG-LID-IG")
     e.relevance["input"], e.total, e.conservation()
 
+For repeated calls with one model and reference, ``lidlib.Explainer(model, "SIG-LID-IG")(x, target)``
+gives the same result and computes the reference pass only once.
+
 The package mirrors the paper's panorama (Fig. 3): :mod:`lidlib.top` is the contrast axis,
 :mod:`lidlib.rules` the non-linearity axis, :class:`lidlib.Method` joins them with the increment
 axis, :mod:`lidlib.engine` runs the two-step algorithm (Eq. 15, 17, 22–24), and
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 from . import rules, top
 from .api import explain
+from .explainer import Explainer
 from .explanation import ConservationTable, Explanation
 from .methods import METHODS, Baseline, Method
 from .rules import Rule
 
-__all__ = ["explain", "METHODS", "Method", "Baseline", "Rule", "Explanation", "ConservationTable", "rules", "top"]
+__all__ = ["explain", "Explainer", "METHODS", "Method", "Baseline", "Rule", "Explanation", "ConservationTable", "rules", "top"]

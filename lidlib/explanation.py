@@ -87,18 +87,22 @@ class Explanation:
         """Per layer: ``Σ R(Y^l)``, the total, and ``|Σ R(Y^l) − total| / Σ|R(Y^L)|`` (Eq. 1, 6).
 
         The denominator is the L1 norm of the top relevance so that the gap stays meaningful for
-        SG, whose total is 0.  Only layers that cut the network (all of a residual block's output,
-        not one branch) are expected to conserve.
+        SG, whose total is 0.  Where the top relevance is exactly 0 (e.g. ``ΔZ_c = 0``: the input
+        equals the reference) there is nothing to be relative to: the gap is then divided by the
+        layer's own ``Σ|R(Y^l)|`` (and is 0 when that is 0 too).  Only layers that cut the network
+        (all of a residual block's output, not one branch) are expected to conserve.
         """
         if self.top is None:
             raise ValueError(f"{self.method.name} is a class activation map, not a decomposition: "
                              "it has no conservation to measure")
-        scale = self.top.abs().sum(dim=1).clamp_min(torch.finfo(self.top.dtype).tiny)
+        scale = self.top.abs().sum(dim=1)
         table = ConservationTable()
         table.aliases = self.aliases
         for name, r in self.relevance.items():
             s = r.flatten(1).sum(dim=1)
-            table.append(ConservationRow(name, s, self.total, (s - self.total).abs() / scale))
+            own = torch.where(scale > 0, scale, r.flatten(1).abs().sum(dim=1))
+            gap = (s - self.total).abs()
+            table.append(ConservationRow(name, s, self.total, torch.where(own > 0, gap / torch.where(own > 0, own, 1), gap)))
         return table
 
     def stage_map(self, stage) -> torch.Tensor:
