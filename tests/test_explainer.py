@@ -1,0 +1,223 @@
+"""lidlib.Explainer equals lidlib.explain bit for bit, reuses the reference pass, and notices every
+change that invalidates it."""
+import pytest
+import torch
+from torch import nn
+
+import lidlib
+from lidlib import toy
+from lidlib.methods import METHODS, Method
+from test_reliability import _assert_same, _state
+
+CAMS = ("GradCAM", "LayerCAM", "ScoreCAM", "IG")
+G = torch.Generator().manual_seed(11)
+X = torch.randn(3, 2, 8, 8, generator=G, dtype=torch.float64)
+T = torch.tensor([0, 3, 1])
+
+
+def _model():
+    model = toy.residual_cnn(in_channels=2, size=8, classes=4, seed=2)
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = True
+    return model
+
+
+def _same(a, b):
+    assert list(a.relevance) == list(b.relevance)
+    for k in a.relevance:
+        assert torch.equal(a.relevance[k], b.relevance[k]), k
+    for name in ("logits", "reference_logits", "top", "total", "target"):
+        u, v = getattr(a, name), getattr(b, name)
+        assert (u is None and v is None) or torch.equal(u, v) or torch.isnan(u).all() and torch.isnan(v).all(), name
+
+
+BASELINES = {
+    "zeros": None,
+    "number": 0.25,
+    "one tensor": torch.randn(1, 2, 8, 8, generator=G, dtype=torch.float64),
+    "per sample": torch.randn(3, 2, 8, 8, generator=G, dtype=torch.float64),
+    "broadcast": torch.randn(8, 8, generator=G, dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("base", list(BASELINES))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_explainer_equals_explain_bit_for_bit(method, base):
+    model = _model()
+    layers = ["0", "3"] if method in CAMS else None
+    kw = dict(baseline=BASELINES[base], n_steps=3, layers=layers)
+    explainer = lidlib.Explainer(model, method, **kw)
+    before = _state(model)
+    for _ in range(3):
+        _same(explainer(X, T), lidlib.explain(model, X, T, method, **kw))
+        _assert_same(before, _state(model))             # also between calls: no hooks left
+    increment = isinstance(METHODS[method], Method) and METHODS[method].increment
+    assert explainer.reference_passes == (1 if increment else 0)
+
+
+@pytest.mark.parametrize("n_steps", [10, None])
+def test_explainer_serves_batches_of_any_size_with_one_reference(n_steps):
+    model = _model()
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=n_steps)
+    for b in (1, 3, 2):
+        _same(explainer(X[:b], T[:b]), lidlib.explain(model, X[:b], T[:b], "SIG-LID-IG", n_steps=n_steps))
+    assert explainer.reference_passes == 1
+    explainer.layers = ["2"]                               # n_steps and layers keep the reference
+    explainer.n_steps = 4
+    _same(explainer(X, T), lidlib.explain(model, X, T, "SIG-LID-IG", n_steps=4, layers=["2"]))
+    assert explainer.reference_passes == 1
+
+
+def _check_invalidated(model, explainer, change, **kw):
+    explainer(X, T)
+    n = explainer.reference_passes
+    change()
+    e = explainer(X, T)
+    assert explainer.reference_passes == n + 1
+    _same(e, lidlib.explain(model, X, T, explainer.method, baseline=explainer.baseline, **kw))
+    explainer(X, T)
+    assert explainer.reference_passes == n + 1             # and reused again afterwards
+
+
+def test_a_parameter_changed_in_place_invalidates():
+    model = _model()
+    explainer = lidlib.Explainer(model, "LID-IG", baseline=BASELINES["one tensor"])
+
+    def change():
+        with torch.no_grad():
+            model[0].bias.add_(1)
+    _check_invalidated(model, explainer, change)
+
+
+def test_a_buffer_changed_invalidates():
+    model = _model()
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", baseline=0.1)
+    _check_invalidated(model, explainer, lambda: model[2].bn.running_mean.add_(0.5))
+
+
+def test_a_replaced_parameter_and_a_replaced_module_invalidate():
+    model = _model()
+    explainer = lidlib.Explainer(model, "DeepLIFT", baseline=0.1)
+
+    def new_param():
+        model[6].weight = nn.Parameter(model[6].weight.detach() * 2)
+    _check_invalidated(model, explainer, new_param)
+
+    def new_module():
+        model[1] = nn.LeakyReLU(0.2).eval()
+    _check_invalidated(model, explainer, new_module)
+
+    def load():
+        state = {k: v + 0.01 for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+    _check_invalidated(model, explainer, load)
+
+
+def test_mode_changes():
+    """train() is refused as by explain(); after a training forward (batch-norm statistics move)
+    and eval(), the reference is recomputed; a bare train()/eval() round trip changes nothing the
+    reference depends on, and the reused reference still gives explain()'s result."""
+    model = _model()
+    explainer = lidlib.Explainer(model, "LID-Taylor", baseline=0.1)
+    explainer(X, T)
+    model.train()
+    with pytest.raises(RuntimeError, match=r"model\.eval\(\)"):
+        explainer(X, T)
+    model.eval()
+    _same(explainer(X, T), lidlib.explain(model, X, T, "LID-Taylor", baseline=0.1))
+    assert explainer.reference_passes == 1
+
+    def trained_forward():
+        model.train()
+        with torch.no_grad():
+            model(X)
+        model.eval()
+    _check_invalidated(model, explainer, trained_forward)
+
+    def one_module():
+        model[2].bn.train()
+        model[2].bn.eval()
+        model[2].bn.momentum = 0.1
+        model[2].bn.running_var.mul_(1.5)
+    _check_invalidated(model, explainer, one_module)
+
+
+def test_a_new_baseline_tensor_invalidates():
+    model = _model()
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", baseline=BASELINES["one tensor"].clone())
+
+    def same_values_new_tensor():
+        explainer.baseline = explainer.baseline.clone()
+    _check_invalidated(model, explainer, same_values_new_tensor)
+
+    def new_values():
+        explainer.baseline = BASELINES["broadcast"]
+    _check_invalidated(model, explainer, new_values)
+
+    def a_number():
+        explainer.baseline = -0.5
+    _check_invalidated(model, explainer, a_number)
+
+
+def test_the_same_baseline_modified_in_place_invalidates():
+    model = _model()
+    base = BASELINES["per sample"].clone()
+    explainer = lidlib.Explainer(model, "LID-IG", baseline=base)
+    _check_invalidated(model, explainer, lambda: base.mul_(-1))
+
+
+def test_a_hook_added_by_the_user_invalidates():
+    model = _model()
+    explainer = lidlib.Explainer(model, "SIG-LID-IG")
+    handles = []
+    _check_invalidated(model, explainer,
+                       lambda: handles.append(model[3].register_forward_hook(lambda m, a, o: o * 2)))
+    handles[0].remove()
+
+
+def test_a_different_input_size_and_dtype_get_their_own_reference():
+    model = toy.cnn(in_channels=2, size=12, classes=4, seed=3)
+    explainer = lidlib.Explainer(model, "SIG-LID-IG")
+    x = torch.randn(2, 2, 12, 12, generator=G, dtype=torch.float64)
+    explainer(x, 1)
+    _same(explainer(x.float(), 1), lidlib.explain(model, x.float(), 1))      # cast to the model's dtype
+    assert explainer.reference_passes == 1
+    model.float()
+    _same(explainer(x, 1), lidlib.explain(model, x, 1))
+    assert explainer.reference_passes == 2
+
+
+def test_reset_and_repr():
+    explainer = lidlib.Explainer(_model(), "LID-IG")
+    explainer(X, T)
+    assert "cached=True" in repr(explainer)
+    explainer.reset()
+    assert "cached=False" in repr(explainer)
+    explainer(X, T)
+    assert explainer.reference_passes == 2
+
+
+def test_captum_spelling():
+    model = _model()
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", baseline=0.1)
+    r = explainer.attribute(X, target=T)
+    assert torch.equal(r, lidlib.explain(model, X, T, baseline=0.1).input)
+    b = BASELINES["per sample"]
+    assert torch.equal(explainer.attribute(X, target=T, baselines=b), lidlib.explain(model, X, T, baseline=b).input)
+    assert explainer.baseline == 0.1
+    with pytest.raises(TypeError, match="target"):
+        explainer.attribute(X)
+
+
+def test_explainer_inputs_are_checked_like_explain():
+    model = _model()
+    with pytest.raises(ValueError, match="valid methods"):
+        lidlib.Explainer(model, "LID-Tailor")
+    with pytest.raises(TypeError, match="nn.Module"):
+        lidlib.Explainer(lambda x: x, "LID-IG")
+    explainer = lidlib.Explainer(model, "LID-IG")
+    with pytest.raises(ValueError, match="out of range"):
+        explainer(X, 7)
+    with pytest.raises(ValueError, match="broadcast"):
+        explainer.attribute(X, target=0, baselines=torch.zeros(5))
