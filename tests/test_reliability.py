@@ -261,3 +261,207 @@ def test_two_layers_sharing_one_tensor_match_the_reference(method):
         ref = reference.relevances(model, METHODS[method], x[b], c, base, 3)
         for layer, r in ref.items():
             torch.testing.assert_close(e.relevance[layer][b], r, rtol=1e-7, atol=1e-7 * float(r.abs().max()))
+
+
+# ----------------------------------------------------------------------------- issue 12, items 3-6
+class _ClassFlagReLU(nn.ReLU):
+    """A ReLU whose ``inplace`` is a class attribute (no instance attribute)."""
+    inplace = True
+
+    def __init__(self):
+        super().__init__()
+        del self.inplace
+
+
+def _truthy_inplace_model(kind):
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=5)
+    for i, m in enumerate(model):
+        if isinstance(m, nn.ReLU):
+            if kind == "int":
+                m.inplace = 1
+            else:
+                model[i] = _ClassFlagReLU()
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["int", "class attribute"])
+@pytest.mark.parametrize("method", ["DeepLIFT", "LID-IG", "LRP-0", "IG", "GradCAM"])
+def test_truthy_and_class_attribute_inplace_flags(method, kind):
+    """inplace=1 is switched off like True (DeepLIFT conserves, LID-IG differs from LID-Taylor) and
+    every flag comes back exactly as it was: 1 stays 1, a class attribute leaves no instance attribute."""
+    model = _truthy_inplace_model(kind)
+    plain = toy.cnn(in_channels=2, size=8, classes=4, seed=5)           # same weights, no in-place
+    before = _state(model)
+    layers = ["2", "5"] if method in ("IG", "GradCAM") else None
+    e = lidlib.explain(model, X, torch.tensor([0, 3]), method, layers=layers, baseline=0.3)
+    want = lidlib.explain(plain, X, torch.tensor([0, 3]), method, layers=layers, baseline=0.3)
+    assert all(torch.equal(e.relevance[k], want.relevance[k]) for k in want.relevance)
+    _assert_same(before, _state(model))
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if kind == "int":
+        assert all(vars(m)["inplace"] == 1 and type(vars(m)["inplace"]) is int for m in relus)
+    else:
+        assert all("inplace" not in vars(m) and m.inplace is True for m in relus)
+
+
+def test_truthy_inplace_flag_keeps_deeplift_conservative():
+    model = toy.mlp(seed=2)
+    for m in model:
+        if isinstance(m, nn.ReLU):
+            m.inplace = 1
+    e = lidlib.explain(model, XM, 1, "DeepLIFT", baseline=0.7)
+    assert e.conservation().max_rel_gap() < 1e-12
+    assert not torch.equal(e.input, lidlib.explain(model, XM, 1, "LID-Taylor", baseline=0.7).input)
+
+
+def test_a_layers_string_is_refused_with_the_list_spelling():
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    for method in ("LID-IG", "GradCAM", "IG"):
+        with pytest.raises(TypeError, match=r"layers=\['5'\]"):
+            lidlib.explain(model, X, 0, method, layers="5")
+    with pytest.raises(TypeError, match="list of module names"):
+        lidlib.explain(model, X, 0, "LID-IG", layers=5)
+
+
+def test_an_unknown_baseline_object_and_a_non_bool_increment_are_refused():
+    from lidlib.methods import Baseline
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    with pytest.raises(ValueError, match="unknown baseline method.*GradCAM"):
+        lidlib.explain(model, X, 0, Baseline("EigenCAM", False), layers=["5"])
+    with pytest.raises(TypeError, match="increment must be True or False"):
+        lidlib.explain(model, X, 0, Method("mine", "logit", rules.TAYLOR, increment="no"))
+
+
+@pytest.mark.parametrize("method", ["LID-IG", "LRP-0", "IG", "GradCAM"])
+def test_input_dtypes(method):
+    """Integer inputs are converted exactly (documented); bool and complex ones are refused."""
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    layers = ["5"] if method in ("IG", "GradCAM") else None
+    xi = (X * 3).round().to(torch.int64)
+    e = lidlib.explain(model, xi, 0, method, layers=layers)
+    want = lidlib.explain(model, xi.double(), 0, method, layers=layers)
+    assert all(torch.equal(e.relevance[k], want.relevance[k]) for k in want.relevance)
+    for bad in (X > 0, X.to(torch.complex128)):
+        with pytest.raises(TypeError, match="real numbers"):
+            lidlib.explain(model, bad, 0, method, layers=layers)
+    with pytest.raises(TypeError, match="real numbers"):
+        lidlib.explain(model, X, 0, "LID-IG", baseline=torch.zeros(2, 8, 8, dtype=torch.complex128))
+
+
+def test_numpy_targets():
+    import numpy as np
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    want = lidlib.explain(model, X, torch.tensor([1, 3]), "LID-IG").input
+    assert torch.equal(lidlib.explain(model, X, np.array([1, 3]), "LID-IG").input, want)
+    assert torch.equal(lidlib.explain(model, X, np.int64(1), "LID-IG").input,
+                       lidlib.explain(model, X, 1, "LID-IG").input)
+    with pytest.raises(TypeError, match="integer class indices"):
+        lidlib.explain(model, X, np.array([1.0, 3.0]), "LID-IG")
+    with pytest.raises(TypeError, match="integer class index"):
+        lidlib.explain(model, X, np.float64(1), "LID-IG")
+
+
+class _PoolWithIndices(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(2, 3, 3), nn.MaxPool2d(2, return_indices=True), nn.Linear(27, 4)
+
+    def forward(self, x):
+        y, _ = self.pool(self.conv(x))
+        return self.fc(y.flatten(1))
+
+
+def test_maxpool_with_indices_is_refused():
+    model = _PoolWithIndices().double().eval()
+    with pytest.raises(TypeError, match="return_indices=False"):
+        lidlib.explain(model, X, 0, "LID-IG")
+
+
+@pytest.mark.parametrize("method", ["LID-IG", "LRP-0", "IG", "GradCAM"])
+def test_missing_batch_dimension_and_size_mismatch_name_the_layer(method):
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    layers = ["5"] if method in ("IG", "GradCAM") else None
+    nobatch = r"layer '0' \(Conv2d\) expects a 4-D input.*x\[None\]" if layers is None else "batch dimension"
+    with pytest.raises(ValueError, match=nobatch):
+        lidlib.explain(model, X[0], 0, method, layers=layers)
+    with pytest.raises(ValueError, match=r"layer '7' \(Linear\) expects 6 input features but receives 24"):
+        lidlib.explain(model, torch.randn(3, 2, 12, 12, dtype=torch.float64), 0, method, layers=layers)
+    with pytest.raises(ValueError, match="expects 2 input channels but receives 3"):
+        lidlib.explain(model, torch.randn(3, 3, 8, 8, dtype=torch.float64), 0, method, layers=layers)
+    if method == "GradCAM":
+        return                                    # a CAM needs a feature map: no MLP
+    given = r".*x has shape \(3, 5\)" if layers is None else ""
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) expects 4 input features but receives 5" + given):
+        lidlib.explain(toy.mlp(seed=0), torch.randn(3, 5, dtype=torch.float64), 0, method, layers=layers and ["1"])
+
+
+def test_baseline_shape_error_names_the_input_shape():
+    with pytest.raises(ValueError, match=r"baseline of shape \(3,\) cannot be broadcast to the input shape \(3, 4\)"):
+        lidlib.explain(MODEL, torch.randn(3, 4, dtype=torch.float64), 0, "LID-IG", baseline=torch.zeros(3))
+
+
+class _DictModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.flat, self.fc = nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(108, 3)
+
+    def forward(self, x):
+        return {"logits": self.fc(self.flat(self.conv(x)))}
+
+
+@pytest.mark.parametrize("method", ["LID-IG", "LRP-0", "IG", "GradCAM", "LayerCAM", "ScoreCAM"])
+def test_non_module_and_dict_returning_models(method):
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        lidlib.explain(lambda x: x, X, 0, method, layers=["conv"])
+    with pytest.raises(ValueError, match="logits"):
+        lidlib.explain(_DictModel().double().eval(), X, 0, method, layers=["conv"])
+
+
+class _TorchSoftmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(x), 1)
+
+
+def test_softmax_is_refused_by_every_method_and_named_publicly():
+    with pytest.raises(TypeError, match=r"function torch\.softmax outside"):
+        lidlib.explain(_TorchSoftmax().double().eval(), XM, 0, "LID-IG")
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    with_softmax = nn.Sequential(*model, nn.Softmax(dim=1)).eval()
+    for method in ("LID-IG", "IG", "GradCAM", "LayerCAM", "ScoreCAM"):
+        with pytest.raises(TypeError, match="must return logits"):
+            lidlib.explain(with_softmax, X, 0, method, layers=["5"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", ["SIG-LID-IG", "LRP-0", "IG", "GradCAM"])
+def test_half_precision_is_refused(method, dtype):
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1, dtype=dtype)
+    with pytest.raises(TypeError, match=r"float32 and float64.*\.float\(\)"):
+        lidlib.explain(model, X, 0, method, layers=["5"] if method in ("IG", "GradCAM") else None)
+    with pytest.raises(TypeError, match="float32 and float64"):
+        lidlib.Explainer(model)(X, 0)
+
+
+@pytest.mark.parametrize("method", ["LID-IG", "DeepLIFT", "SIG-LID-IG", "IG"])
+def test_conservation_when_the_total_is_zero(method):
+    """x equal to the reference: ΔZ_c = 0 and every relevance is 0; the gaps are 0, not 1e29."""
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    e = lidlib.explain(model, X, 0, method, baseline=X, layers=["5"] if method == "IG" else None)
+    assert float(e.total.abs().max()) == 0.0
+    assert e.conservation().max_rel_gap() == 0.0
+
+
+def test_n_steps_is_ignored_by_methods_that_sample_no_path():
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    for method in ("LRP-0", "DeepLIFT", "LID-Taylor", "ST-LID-Taylor", "GradCAM"):
+        layers = ["5"] if method == "GradCAM" else None
+        e = lidlib.explain(model, X, 0, method, n_steps=0, layers=layers)
+        want = lidlib.explain(model, X, 0, method, layers=layers)
+        assert all(torch.equal(e.relevance[k], want.relevance[k]) for k in want.relevance)
+    for method in ("LID-IG", "SIG-LID-Taylor", "SIG-LRP-0", "IG"):
+        with pytest.raises(ValueError, match="n_steps"):
+            lidlib.explain(model, X, 0, method, n_steps=0, layers=["5"] if method == "IG" else None)
