@@ -103,6 +103,9 @@ def _finite(t: torch.Tensor, name: str) -> torch.Tensor:
 
 def _stage_layers(model, method: Baseline, layers):
     if layers is not None:
+        if not layers:
+            raise ValueError(f"{method.name} needs at least one layer: layers=[...] (module names), or None "
+                             "for the model's stages")
         return list(layers)
     stages = getattr(model, "stages", None)
     if not stages:

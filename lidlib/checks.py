@@ -13,12 +13,17 @@ Target = Union[int, Sequence[int], torch.Tensor]
 Layer = Union[str, nn.Module]
 
 
+class TrainingModeError(RuntimeError, ValueError):
+    """The model is in training mode (a RuntimeError as before, and a ValueError like every other
+    refused input)."""
+
+
 def _check_eval(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     bad = [name or "<model>" for name, m in model.named_modules() if m.training]
     if bad:
-        raise RuntimeError(
+        raise TrainingModeError(
             f"the model is in training mode ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
             "call model.eval() first: dropout and batch-norm statistics would make the explanation "
             "random or batch-dependent")
