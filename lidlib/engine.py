@@ -339,18 +339,18 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             writable = ref if reference is not None and not reference.shared else None
             recorder = _Recorder(writable, [baseline, z_ref, x_in] + list(model.parameters()) + list(model.buffers()))
             for k in keys:
-                recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None)
+                recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None, actual.outputs[k] is x_in)
+            aliases = actual.aliases
+            actual = _release(actual)                    # what the backward pass needs is held by autograd
+            if reference is not None and not reference.shared:
+                reference = ref = _release(ref)          # and by the recorder
             (g_in,) = torch.autograd.grad(z, x_in, grad_outputs=g_top, allow_unused=True)
     relevance = OrderedDict(input=recorder.product(x_in.detach(), g_in, baseline))   # the baseline is protected
     for k in keys:
-        t = actual.outputs[k]
-        r = recorder.relevance.get(k)
-        if r is None and t is x_in:                      # e.g. an Identity first layer
-            r = relevance["input"]
-        relevance[k] = r if r is not None else recorder.product(t.detach(), None, ref.outputs[k] if ref else None)
+        relevance[k] = recorder.result(k, relevance["input"])
     return Explanation(relevance, r_top, method, target, z.detach(),
                        z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
-                       aliases=actual.aliases, input_shape=x.shape)
+                       aliases=aliases, input_shape=x.shape)
 
 
 class _Recorder:
@@ -372,6 +372,7 @@ class _Recorder:
             self.users.setdefault(_storage(t), set()).add(user)
         self.protected = {_storage(t) for t in protected if isinstance(t, torch.Tensor)}   # never written
         self.relevance = {}
+        self.pending = {}                                # key -> (Y^l, Ŷ^l, is the input) until its product
 
     def product(self, t: torch.Tensor, g: Optional[torch.Tensor], ref: Optional[torch.Tensor]):
         if g is None:                                    # the layer does not reach the logits
@@ -383,17 +384,36 @@ class _Recorder:
                and ref.shape == t.shape and ref.dtype == t.dtype and ref.is_contiguous())
         return torch.sub(t, ref, out=ref if own else None).mul_(g)
 
-    def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor]) -> None:
+    def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor], is_input: bool = False) -> None:
+        """Compute ``key``'s relevance when the backward pass reaches ``t``; until then the recorder
+        holds ``t`` and ``ref``, and releases them as soon as the product is taken."""
+        self.pending[key] = (t.detach(), ref, is_input)
         node = t.grad_fn
         if node is None:
             return
-        td, nr = t.detach(), t.output_nr
+        nr = t.output_nr
 
         def post(grad_inputs, grad_outputs):
             g = grad_outputs[nr]
-            if g is not None and key not in self.relevance:
-                self.relevance[key] = self.product(td, g, ref)
+            if g is not None and key in self.pending:
+                td, r, _ = self.pending.pop(key)
+                self.relevance[key] = self.product(td, g, r)
         node.register_hook(post)
+
+    def result(self, key: str, input_relevance: torch.Tensor) -> torch.Tensor:
+        """``key``'s relevance after the backward pass (0 where the layer does not reach the logits)."""
+        if key in self.relevance:
+            return self.relevance[key]
+        t, ref, is_input = self.pending.pop(key)
+        return input_relevance if is_input else self.product(t, None, ref)   # e.g. an Identity first layer
+
+
+def _release(p: "_Pass") -> None:
+    """Drop a pass's references to its tensors (the caller drops the pass)."""
+    p.outputs.clear()
+    p.inputs.clear()
+    p.pooled.clear()
+    return None
 
 
 def _storage(t) -> int:

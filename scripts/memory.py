@@ -1,0 +1,91 @@
+"""Peak resident memory of one explanation against one plain forward + backward (not a test).
+
+    python scripts/memory.py                                   # VGG-16 and EfficientNet-Lite0, batch 1 and 8
+    python scripts/memory.py --models vgg16 --batches 1 --method LID-Taylor
+
+Every figure comes from a fresh Python process: it builds the model and the input, then resets the
+kernel's peak-RSS counter (``/proc/self/clear_refs``, Linux) and runs ONE call; the figure is the
+peak resident memory during that call minus the resident memory just before it (model and input
+loaded).  ``explainer``: TWO calls of one :class:`lidlib.Explainer`, the first computing and caching
+the reference pass, the second reusing it, so its figure includes the cached reference (whose exact
+size, the bytes of its tensors, is printed separately).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def one(model_name: str, batch: int, what: str, method: str, n_steps) -> dict:
+    import torch
+    sys.path.insert(0, HERE)
+    sys.path.insert(0, os.path.dirname(HERE))
+    import lidlib
+    from benchmark import plain_gradient, vgg16_with_biases
+    from lidlib import models
+    torch.set_num_threads(2)
+    model = vgg16_with_biases() if model_name == "vgg16" else models.efficientnet_lite0()
+    torch.manual_seed(1)
+    x = torch.randn(batch, 3, 224, 224)
+    explainer = lidlib.Explainer(model, method, n_steps=n_steps)
+    if what == "plain":
+        fn = lambda: plain_gradient(model, x, 3)
+    elif what == "explain":
+        fn = lambda: lidlib.explain(model, x, 3, method, n_steps=n_steps)
+    else:
+        fn = lambda: (explainer(x, 3), explainer(x, 3))[1]     # the first call caches the reference
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                                 # reset VmHWM (peak RSS) to the current RSS
+    before = _rss_kb("VmRSS")
+    out = fn()
+    peak = _rss_kb("VmHWM")
+    del out
+    ref = explainer._reference
+    tensors = [] if ref is None else (list(ref.pass_.outputs.values()) + list(ref.pass_.inputs.values())
+                                      + [t for p in ref.pass_.pooled.values() for t in p.values()])
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return dict(model=model_name, batch=batch, what=what, peak_mb=(peak - before) / 1024,
+                cache_mb=sum(storages.values()) / 2 ** 20)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["vgg16", "efficientnet"], choices=["vgg16", "efficientnet"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--method", default="SIG-LID-IG")
+    ap.add_argument("--n-steps", default="10", help="an integer, or 'exact'")
+    ap.add_argument("--one", nargs=3, metavar=("MODEL", "BATCH", "WHAT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    n_steps = None if args.n_steps == "exact" else int(args.n_steps)
+    if args.one:
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.one[2], args.method, n_steps)))
+        return
+    print(f"{args.method} (n={args.n_steps}): peak RSS of one call minus RSS before it, fresh process each")
+    print(f"{'model':<14}{'batch':>6}{'plain MB':>10}{'explain MB':>12}{'×':>6}{'explainer MB':>14}{'×':>6}{'cache MB':>10}")
+    for name in args.models:
+        for b in args.batches:
+            row = {}
+            for what in ("plain", "explain", "explainer"):
+                out = subprocess.run([sys.executable, __file__, "--one", name, str(b), what, "--method", args.method,
+                                      "--n-steps", args.n_steps], capture_output=True, text=True, check=True)
+                row[what] = json.loads(out.stdout.strip().splitlines()[-1])
+            p, e, r = (row[w]["peak_mb"] for w in ("plain", "explain", "explainer"))
+            print(f"{name:<14}{b:>6}{p:>10.0f}{e:>12.0f}{e / p:>6.2f}{r:>14.0f}{r / p:>6.2f}"
+                  f"{row['explainer']['cache_mb']:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
