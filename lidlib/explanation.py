@@ -59,7 +59,8 @@ class Explanation:
                  n_steps: Optional[int], model=None, aliases=None, input_shape=None):
         self.relevance = relevance
         self.top = top
-        self.total = top.sum(dim=1) if top is not None else torch.full((len(target),), float("nan"))
+        self.total = (top.sum(dim=1) if top is not None
+                      else torch.full((len(target),), float("nan"), device=logits.device))
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.method = method
         self.target = target

@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py                       # VGG-16 (random weights, non-zero biases)
     python scripts/benchmark.py --models vgg16 efficientnet --all --oracles
+    python scripts/benchmark.py --explainer --batches 1 8   # lidlib.Explainer vs lidlib.explain
 
 Rows marked "input" keep only the input's relevance (``layers=[]``), the output a plain gradient
 gives; the others keep the relevance of every layer.
@@ -79,6 +80,42 @@ def oracles(model, x, target, baseline):
     return out
 
 
+def explainer_rows(model, name, batches, repeats, threads):
+    """SIG-LID-IG through :class:`lidlib.Explainer` (reference pass cached) and through
+    :func:`lidlib.explain`, as ratios to one plain gradient of the same batch, measured interleaved."""
+    for b in batches:
+        torch.manual_seed(1)
+        x = torch.randn(b, 3, 224, 224)
+        target = 3
+        fns = {"plain gradient": lambda: plain_gradient(model, x, target)}
+        for n in (10, None):
+            label = "exact" if n is None else n
+            explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=n)
+            fns[f"Explainer SIG-LID-IG (n={label})"] = lambda e=explainer: e(x, target)
+            fns[f"explain SIG-LID-IG (n={label})"] = lambda n=n: lidlib.explain(model, x, target, "SIG-LID-IG", n_steps=n)
+        times = measure_all(fns, repeats)
+        base = statistics.median(times["plain gradient"])
+        print(f"\n{name}: Explainer, batch {b}, 224x224, {threads} threads, {repeats} runs")
+        print(f"{'method':<34}{'median ms':>10}{'× gradient':>12}{'min–max ×':>14}")
+        for k, v in times.items():
+            ratios = [t / g for t, g in zip(v, times["plain gradient"])]     # per round, same round's gradient
+            print(f"{k:<34}{statistics.median(v) * 1e3:>10.1f}{statistics.median(v) / base:>12.2f}"
+                  f"{min(ratios):>7.2f}–{max(ratios):<6.2f}")
+
+
+def measure_all(fns: dict, repeats: int):
+    """Seconds of every round per named callable (interleaved, after a warm-up)."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["vgg16"], choices=["vgg16", "efficientnet"])
@@ -87,10 +124,15 @@ def main():
     ap.add_argument("--scorecam", action="store_true", help="with --all: include ScoreCAM (one forward per channel)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--explainer", action="store_true", help="only the lidlib.Explainer rows (SIG-LID-IG)")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="batch sizes of the --explainer rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
         model = vgg16_with_biases() if name == "vgg16" else models.efficientnet_lite0()
+        if args.explainer:
+            explainer_rows(model, name, args.batches, args.repeats, args.threads)
+            continue
         torch.manual_seed(1)
         x = torch.randn(1, 3, 224, 224)
         baseline = torch.zeros_like(x)
