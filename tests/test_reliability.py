@@ -413,6 +413,12 @@ class _DictModel(nn.Module):
 def test_non_module_and_dict_returning_models(method):
     with pytest.raises(TypeError, match="torch.nn.Module"):
         lidlib.explain(lambda x: x, X, 0, method, layers=["conv"])
+    from lidlib import baselines
+    for fn in (baselines.gradcam, baselines.layercam, baselines.scorecam):
+        with pytest.raises(TypeError, match="torch.nn.Module"):
+            fn(lambda x: x, X, 0, "conv")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        baselines.integrated_gradients(lambda x: x, X, 0)
     with pytest.raises(ValueError, match="logits"):
         lidlib.explain(_DictModel().double().eval(), X, 0, method, layers=["conv"])
 
