@@ -29,7 +29,7 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(field)
 
 
-def one(model_name: str, batch: int, what: str, method: str, n_steps) -> dict:
+def one(model_name: str, batch: int, what: str, method: str, n_steps, layers=None) -> dict:
     import torch
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.dirname(HERE))
@@ -40,13 +40,15 @@ def one(model_name: str, batch: int, what: str, method: str, n_steps) -> dict:
     model = vgg16_with_biases() if model_name == "vgg16" else models.efficientnet_lite0()
     torch.manual_seed(1)
     x = torch.randn(batch, 3, 224, 224)
-    explainer = lidlib.Explainer(model, method, n_steps=n_steps)
+    explainer = lidlib.Explainer(model, method, n_steps=n_steps, layers=layers)
     if what == "plain":
         fn = lambda: plain_gradient(model, x, 3)
     elif what == "explain":
-        fn = lambda: lidlib.explain(model, x, 3, method, n_steps=n_steps)
+        fn = lambda: lidlib.explain(model, x, 3, method, n_steps=n_steps, layers=layers)
     else:
-        fn = lambda: (explainer(x, 3), explainer(x, 3))[1]     # the first call caches the reference
+        def fn():
+            explainer(x, 3)                          # caches the reference; its result is dropped
+            return explainer(x, 3)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                                 # reset VmHWM (peak RSS) to the current RSS
     before = _rss_kb("VmRSS")
@@ -67,20 +69,24 @@ def main():
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--method", default="SIG-LID-IG")
     ap.add_argument("--n-steps", default="10", help="an integer, or 'exact'")
+    ap.add_argument("--input-only", action="store_true",
+                    help="keep only the input's relevance (layers=[]), the output a plain gradient gives")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "BATCH", "WHAT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     n_steps = None if args.n_steps == "exact" else int(args.n_steps)
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), args.one[2], args.method, n_steps)))
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.one[2], args.method, n_steps,
+                             [] if args.input_only else None)))
         return
-    print(f"{args.method} (n={args.n_steps}): peak RSS of one call minus RSS before it, fresh process each")
+    print(f"{args.method} (n={args.n_steps}){', input only' if args.input_only else ', every layer'}: peak RSS of one call minus RSS before it, fresh process each")
     print(f"{'model':<14}{'batch':>6}{'plain MB':>10}{'explain MB':>12}{'×':>6}{'explainer MB':>14}{'×':>6}{'cache MB':>10}")
     for name in args.models:
         for b in args.batches:
             row = {}
             for what in ("plain", "explain", "explainer"):
                 out = subprocess.run([sys.executable, __file__, "--one", name, str(b), what, "--method", args.method,
-                                      "--n-steps", args.n_steps], capture_output=True, text=True, check=True)
+                                      "--n-steps", args.n_steps] + (["--input-only"] if args.input_only else []),
+                                     capture_output=True, text=True, check=True)
                 row[what] = json.loads(out.stdout.strip().splitlines()[-1])
             p, e, r = (row[w]["peak_mb"] for w in ("plain", "explain", "explainer"))
             print(f"{name:<14}{b:>6}{p:>10.0f}{e:>12.0f}{e / p:>6.2f}{r:>14.0f}{r / p:>6.2f}"
