@@ -27,7 +27,6 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 import lidlib  # ``lidlib.explain`` is looked up at call time, so tests can count its calls
@@ -37,7 +36,7 @@ from . import models as _models
 from .explanation import Explanation
 from .gallery import Gallery, gallery_grid, to_png
 from .methods import Baseline, get_method
-from .plot import show_heatmap
+from .plot import relevance_colorbar, show_heatmap
 
 __all__ = ["COMPOSITE", "STAGES", "REFERENCES", "State", "HeatmapRenderer", "render", "default_renderer",
            "heatmap_explorer", "HeatmapExplorer", "heatmap_gallery", "scorecam_explanation",
@@ -181,7 +180,7 @@ class HeatmapRenderer:
     """
 
     def __init__(self, model=None, images: Optional[Mapping] = None, *, size: Optional[int] = None,
-                 figsize=(3.2, 3.4), dpi: int = 80):
+                 figsize=(3.9, 3.4), dpi: int = 100):
         self.model = _models.imagenet() if model is None else model
         self.size = int(size or getattr(self.model, "input_size", 224))
         raw = _default_images(self.size) if images is None else dict(images)
@@ -491,7 +490,7 @@ def heatmap_explorer(model=None, images: Optional[Mapping] = None, *, renderer: 
 
 def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str], targets: Sequence[str] = None,
                     stages: Sequence[str] = STAGES, *, n_steps: int = 10, reference: str = "zeros",
-                    figsize=(3.0, 3.0), dpi: int = 60, width: str = "300px", colors: int = 96) -> Gallery:
+                    figsize=(3.9, 3.3), dpi: int = 100, width: Optional[str] = None, colors: int = 96) -> Gallery:
     """Every (method, target) × stage heatmap of one image, precomputed into a
     :func:`lidlib.gallery.gallery_grid` that switches in the built page with no kernel.
 
@@ -538,16 +537,16 @@ def stage_grid(renderer: HeatmapRenderer, image: str, methods: Sequence[str], ta
                stages: Sequence[str] = ("s5", "s4", "s3", "s2", "s1"), *, n_steps: int = 10,
                reference: str = "zeros", cell: float = 1.9) -> "plt.Figure":
     """A methods × stages grid of heatmaps over the photo (the layout of the paper's Fig. 5 and 6)."""
-    fig, axes = plt.subplots(len(methods), len(stages), figsize=(cell * len(stages), cell * len(methods) + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(methods), len(stages), figsize=(cell * len(stages) + 0.8, cell * len(methods) + 0.3),
+                             squeeze=False, layout="constrained")
     for i, method in enumerate(methods):
         for j, s in enumerate(stages):
             st = State(image=image, method=method, target=target, stage=s, n_steps=n_steps, reference=reference)
-            show_heatmap(axes[i, j], renderer.heatmap(st), image=renderer.images[image])
+            show_heatmap(axes[i, j], renderer.heatmap(st), image=renderer.images[image], colorbar=False)
             if i == 0:
                 axes[i, j].set_title(s, fontsize=12)
         axes[i, 0].set_ylabel(method, fontsize=12)
+    relevance_colorbar(fig, axes)
     k = renderer.class_index(image, target)
     fig.suptitle(f"class {target}: {renderer.class_name(k)}", fontsize=13)
-    fig.tight_layout()
     return fig
