@@ -52,11 +52,30 @@ def show_heatmap(ax, heatmap, image=None, alpha: float = 0.6, title: str = None,
     if title:
         ax.set_title(title, fontsize=9)
     if colorbar:
-        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[-lim, 0, lim])
-        cb.ax.set_yticklabels([f"{-lim:.2g}", "0", f"{lim:.2g}"])
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         cb.ax.tick_params(labelsize=7)
         cb.solids.set_alpha(1.0)
+        _label_bar(cb, lim)
     return im
+
+
+def _label_bar(cb, lim: float) -> None:
+    cb.set_ticks([-lim, 0.0, lim])
+    cb.set_ticklabels([f"{-lim:.2g}", "0", f"{lim:.2g}"])
+
+
+def update_heatmap(im, heatmap) -> None:
+    """Show another (H, W) map in an image made by :func:`show_heatmap` (same axes, same photo): new
+    data, its own symmetric limits, and the colour bar's ticks.  Much cheaper than drawing a new figure
+    when many maps are rendered one after the other (a gallery)."""
+    h = _np(heatmap)
+    if h.shape != im.get_array().shape:
+        raise ValueError(f"heatmap shape {h.shape} differs from the drawn one {im.get_array().shape}")
+    lim = symmetric_limit(h)
+    im.set_data(h)
+    im.set_clim(-lim, lim)
+    if im.colorbar is not None:
+        _label_bar(im.colorbar, lim)
 
 
 def relevance_colorbar(fig, axes=None, *, cax=None, label: str = "each map scaled to its own max |R|",

@@ -38,7 +38,7 @@ from . import models as _models
 from .explanation import Explanation
 from .gallery import Gallery, gallery_grid, to_png
 from .methods import Baseline, get_method
-from .plot import relevance_colorbar, show_heatmap
+from .plot import relevance_colorbar, show_heatmap, update_heatmap
 
 __all__ = ["COMPOSITE", "STAGES", "REFERENCES", "State", "HeatmapRenderer", "render", "default_renderer",
            "heatmap_explorer", "HeatmapExplorer", "heatmap_gallery", "scorecam_explanation", "write_scorecam_cache",
@@ -203,13 +203,15 @@ class ScoreCAMCacheMismatch(RuntimeError):
 
 def _scorecam_key(model, x: torch.Tensor, layer: str) -> str:
     """What the saved scores depend on: the model (name, size, a checksum of its weights), the layer,
-    and the input image (shape and two checksums), to 5 significant digits."""
+    and the input image (shape and three checksums, two of them position-weighted), to 5 significant digits."""
     params = list(model.parameters())
     total = sum(float(p.detach().double().sum()) for p in params)
-    xd = x.detach().double()
+    xd = x.detach().double().flatten()
+    pos = torch.arange(1, len(xd) + 1, dtype=torch.float64) / len(xd)         # position-weighted: a flip changes it
+    sums = [float(xd.sum()), float((xd * pos).sum()), float((xd * torch.sin(40.0 * pos)).sum())]
     return json.dumps({"model": getattr(model, "display_name", type(model).__name__), "layer": layer,
                        "parameters": sum(p.numel() for p in params), "weights": f"{total:.5g}",
-                       "input": [list(x.shape), f"{float(xd.sum()):.5g}", f"{float((xd * xd).sum()):.5g}"]})
+                       "input": [list(x.shape)] + [f"{v:.5g}" for v in sums]})
 
 
 def _read_scorecam_cache(path, key: str, c: torch.Tensor) -> Optional[torch.Tensor]:
@@ -585,37 +587,52 @@ def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str
     Rows are ``"<method> · <target label>"``, columns the stages.  Each (method, image) is explained once
     for all ``targets`` in one batch (through the renderer's cache), so the cost is
     ``len(methods)`` explanations plus ``len(methods) · len(targets) · len(stages)`` small PNGs
-    (``figsize`` inches at ``dpi``, reduced to ``colors`` palette colours: they all go into the page).
+    (``figsize`` inches at ``dpi``, each with its colour bar, reduced to ``colors`` palette colours: they
+    all go into the page).  One figure is redrawn for every map, so all images have the same size.
     """
     targets = tuple(renderer.target_keys(image) if targets is None else targets)
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; choose from {STAGES}")
-    images = {}
     for method in methods:
         if method == "ScoreCAM" and any(s != "s5" for s in stages):
             raise ValueError("ScoreCAM is computed at stage s5 only: use stages=('s5',) or leave it out")
-        renderer.explain(image, method, targets, n_steps=n_steps, reference=reference)
-        for t in targets:
-            k = renderer.class_index(image, t)
-            row = f"{method} · {t}: {renderer.class_name(k)}"
-            for s in stages:
-                state = State(image=image, method=method, target=t, stage=s, n_steps=n_steps, reference=reference)
-                fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-                show_heatmap(ax, renderer.heatmap(state), image=renderer.images[image],
-                             title=f"{method}-{s}, {t}: {renderer.class_name(k)}")
-                fig.tight_layout()
-                images[(row, s)] = small_png(fig, colors)
+    # one figure, redrawn for every map (update_heatmap): the same size for all, and no new figure each time
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    im = show_heatmap(ax, torch.zeros(renderer.size, renderer.size), image=renderer.images[image], title=" ")
+    fig.tight_layout()
+    images = {}
+    try:
+        for method in methods:
+            renderer.explain(image, method, targets, n_steps=n_steps, reference=reference)
+            for t in targets:
+                k = renderer.class_index(image, t)
+                row = f"{method} · {t}: {renderer.class_name(k)}"
+                for s in stages:
+                    state = State(image=image, method=method, target=t, stage=s, n_steps=n_steps, reference=reference)
+                    update_heatmap(im, renderer.heatmap(state))
+                    ax.set_title(f"{method}-{s}, {t}: {renderer.class_name(k)}", fontsize=9)
+                    images[(row, s)] = small_png(fig, colors, close=False, tight=False)
+    finally:
+        plt.close(fig)
     return gallery_grid(images, descriptions=("Method · class:", "Stage:"), controls=("dropdown", "toggle"),
                         width=width)
 
 
-def small_png(fig, colors: int = 96) -> bytes:
+def small_png(fig, colors: int = 96, *, close: bool = True, tight: bool = True) -> bytes:
     """PNG bytes of a figure with at most ``colors`` palette colours (several times smaller than RGBA);
-    the figure is closed."""
+    the figure is closed unless ``close=False``; ``tight=False`` keeps the figure's own size."""
     import io
     from PIL import Image
-    im = Image.open(io.BytesIO(to_png(fig))).convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)
+    if tight:
+        raw = to_png(fig, close=close)
+    else:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        raw = buf.getvalue()
+        if close:
+            plt.close(fig)
+    im = Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

@@ -249,6 +249,11 @@ def test_gallery(small):
     assert g.labels[0] == ("SIG-LID-IG · A: Egyptian cat", "SIG-LID-IG · B: espresso",
                            "GradCAM · A: Egyptian cat", "GradCAM · B: espresso")
     assert len(g.stack.children) == 4 and all(len(s.children) == 2 for s in g.stack.children)
+    from PIL import Image
+    import io
+    sizes = {Image.open(io.BytesIO(img.value)).size for s in g.stack.children for img in s.children}
+    assert len(sizes) == 1                                # one redrawn figure: every image the same size
+    assert len({bytes(img.value) for s in g.stack.children for img in s.children}) == 8   # and all different
     with pytest.raises(ValueError, match="s5 only"):
         W.heatmap_gallery(small, W.COMPOSITE, ["ScoreCAM"], stages=("s5", "s4"))
     with pytest.raises(ValueError, match="unknown stage"):
@@ -300,4 +305,17 @@ def test_show_heatmap_colour_bar_is_symmetric_red_white_blue():
     assert cb.mappable.get_clim() == (-1.0, 1.0) and len(fig.axes) == 3
     with pytest.raises(ValueError, match="axes"):
         relevance_colorbar(fig)
+    plt.close(fig)
+
+
+def test_update_heatmap_redraws_map_limits_and_bar():
+    from lidlib.plot import show_heatmap, update_heatmap
+    fig, ax = plt.subplots()
+    im = show_heatmap(ax, torch.zeros(4, 5), image=torch.rand(3, 4, 5))
+    h = torch.linspace(-2, 0.5, 20).reshape(4, 5)
+    update_heatmap(im, h)
+    assert im.get_clim() == (-2.0, 2.0) and float(abs(im.get_array() - h.numpy()).max()) == 0
+    assert [float(t) for t in im.colorbar.ax.get_yticks()] == [-2.0, 0.0, 2.0]
+    with pytest.raises(ValueError, match="shape"):
+        update_heatmap(im, torch.zeros(3, 3))
     plt.close(fig)
