@@ -580,7 +580,7 @@ def heatmap_explorer(model=None, images: Optional[Mapping] = None, *, renderer: 
 
 def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str], targets: Sequence[str] = None,
                     stages: Sequence[str] = STAGES, *, n_steps: int = 10, reference: str = "zeros",
-                    figsize=(3.9, 3.3), dpi: int = 100, width: Optional[str] = None, colors: int = 96) -> Gallery:
+                    figsize=(3.9, 3.3), dpi: int = 100, width: Optional[str] = None, colors: int = 256) -> Gallery:
     """Every (method, target) × stage heatmap of one image, precomputed into a
     :func:`lidlib.gallery.gallery_grid` that switches in the built page with no kernel.
 
@@ -599,7 +599,9 @@ def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str
             raise ValueError("ScoreCAM is computed at stage s5 only: use stages=('s5',) or leave it out")
     # one figure, redrawn for every map (update_heatmap): the same size for all, and no new figure each time
     fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-    im = show_heatmap(ax, torch.zeros(renderer.size, renderer.size), image=renderer.images[image], title=" ")
+    # laid out once, for the widest colour-bar labels a map can have ("-8.8e-38"), so none is cut later
+    im = show_heatmap(ax, torch.full((renderer.size, renderer.size), -8.8e-38), image=renderer.images[image],
+                      title=" ")
     fig.tight_layout()
     images = {}
     try:

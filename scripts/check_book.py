@@ -190,7 +190,8 @@ JS_WIDTHS = """() => {
     if (b.width === 0) return;
     const w = Math.max(b.width, el.scrollWidth || 0);
     if (w > width + 1 || b.left < left - 1 || b.right > right + 1)
-      bad.push({what: what(el), width: Math.round(w), column: Math.round(width)});
+      bad.push({what: what(el), width: Math.round(w), column: Math.round(width),
+                over: Math.round(Math.max(w - width, left - b.left, b.right - right))});
   });
   return {column: Math.round(width), bad};
 }"""
@@ -413,7 +414,8 @@ def main(argv=None) -> int:
 
                 # widths: tables, figures, images and widgets fit in the text column
                 wd = page.evaluate(JS_WIDTHS)
-                errors += [f"{x['what']} is {x['width']} px wide, the text column {x['column']} px" for x in wd["bad"]]
+                errors += [f"{x['what']} is {x['width']} px wide and sticks out {x['over']} px of the text column "
+                                f"({x['column']} px)" for x in wd["bad"]]
 
                 # every control of every widget view, every option: the picture must change each time
                 for v in page.evaluate(JS_LABEL_CONTROLS):
