@@ -627,14 +627,13 @@ def small_png(fig, colors: int = 96, *, close: bool = True, tight: bool = True) 
     import io
     from PIL import Image
     if tight:
-        raw = to_png(fig, close=close)
-    else:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        raw = buf.getvalue()
+        rgb = Image.open(io.BytesIO(to_png(fig, close=close))).convert("RGB")
+    else:                                       # the canvas's pixels as drawn: one draw, no PNG in between
+        fig.canvas.draw()
+        rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
         if close:
             plt.close(fig)
-    im = Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)
+    im = rgb.quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
