@@ -14,17 +14,27 @@ control linked to the outer stack and the second to every inner stack.
 Images may be matplotlib figures (rendered to PNG and closed, so the notebook does not show them a
 second time), PNG bytes, or NumPy arrays (``uint8`` or floats in [0, 1], shape (H, W), (H, W, 3) or
 (H, W, 4); a 2-D array is drawn with ``cmap``, scaled from its min to its max).
+
+A *live* widget (``interact``, a slider whose callback recomputes) needs a kernel.  :func:`live`
+shows it wherever a kernel runs the notebook (Jupyter, Colab, Binder) and, while
+``scripts/build_book.sh`` builds the static book (environment variable :data:`STATIC_ENV` set),
+shows only a one-line pointer to it instead, so that the page carries no dead controls::
+
+    live(epsilon_widget, model, x, c)     # the widget in a kernel; one line in the built page
 """
 from __future__ import annotations
 
+import html
 import io
+import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-__all__ = ["Gallery", "gallery", "gallery_grid", "to_png", "CONTROLS", "GALLERY_CLASS"]
+__all__ = ["Gallery", "gallery", "gallery_grid", "to_png", "live", "static_build", "LivePointer", "CONTROLS",
+           "GALLERY_CLASS", "STATIC_ENV"]
 
 #: Control kinds: each has an ``index`` trait that the front end can link.
 CONTROLS = {
@@ -35,6 +45,45 @@ CONTROLS = {
 #: CSS class on every gallery box; ``scripts/check_book.py`` finds galleries by it.
 GALLERY_CLASS = "lid-gallery"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Set (to anything but "" or "0") by ``scripts/build_book.sh``: the notebook runs for the static book.
+STATIC_ENV = "LIDBOOK_STATIC"
+#: CSS class of the pointer line that :func:`live` shows in the static book.
+POINTER_CLASS = "lid-live-pointer"
+
+
+def static_build() -> bool:
+    """Whether this kernel runs for the static book build (:data:`STATIC_ENV` is set)."""
+    return os.environ.get(STATIC_ENV, "").strip() not in ("", "0")
+
+
+class LivePointer:
+    """The one line that stands in for a live widget in the static book (HTML, Markdown or text)."""
+
+    def __init__(self, what: str = "this figure"):
+        self.what = what
+        self.text = (f"Live version of {what}: open this page as a notebook (launch button at the top: Colab, "
+                     "Binder, or the .ipynb download) and run this cell.")
+
+    def _repr_html_(self) -> str:
+        return f'<p class="{POINTER_CLASS}">&#9654; {html.escape(self.text)}</p>'
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def live(make, *args, what: str = "this figure", **kwargs):
+    """``make(*args, **kwargs)`` -- a live widget -- when a kernel runs the notebook; in the static book
+    build (:func:`static_build`) a :class:`LivePointer` instead, and ``make`` is not called at all.
+
+    Tag the cell ``remove-input`` so that the static page shows only the pointer line; the shipped
+    notebook keeps the code, and running the cell in Jupyter, Colab or Binder gives the widget.
+    """
+    if not callable(make):
+        raise TypeError(f"live() takes the function that builds the widget (e.g. live(epsilon_widget, model, x, c)), "
+                        f"not {type(make).__name__}: pass the function and its arguments, do not call it")
+    if static_build():
+        return LivePointer(what)
+    return make(*args, **kwargs)
 
 
 class Gallery(widgets.VBox):

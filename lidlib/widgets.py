@@ -19,15 +19,16 @@ Images are (3, H, W) tensors in [0, 1]; the renderer fits them to the model's in
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 import lidlib  # ``lidlib.explain`` is looked up at call time, so tests can count its calls
@@ -37,10 +38,11 @@ from . import models as _models
 from .explanation import Explanation
 from .gallery import Gallery, gallery_grid, to_png
 from .methods import Baseline, get_method
-from .plot import show_heatmap
+from .plot import relevance_colorbar, show_heatmap, update_heatmap
 
 __all__ = ["COMPOSITE", "STAGES", "REFERENCES", "State", "HeatmapRenderer", "render", "default_renderer",
-           "heatmap_explorer", "HeatmapExplorer", "heatmap_gallery", "scorecam_explanation",
+           "heatmap_explorer", "HeatmapExplorer", "heatmap_gallery", "scorecam_explanation", "write_scorecam_cache",
+           "ScoreCAMCacheMismatch",
            "uses_steps", "uses_reference", "stage_label"]
 
 #: name of the two-object composite (:func:`lidlib.images.two_object`) among the explorer's images
@@ -112,7 +114,8 @@ class State:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: Optional[str] = None,
-                        batch_size: int = 32) -> Explanation:
+                        batch_size: int = 32, *, cache: Optional[Union[str, Path]] = None,
+                        check: int = 16) -> Explanation:
     """ScoreCAM of ONE image ``x`` (1, 3, H, W) for the classes ``targets``, as an :class:`Explanation`
     with one row per class and relevance only at ``layer`` (default: the model's stage s5).
 
@@ -121,10 +124,52 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
     ``cam = ReLU(Σ_k w_k A_k)``): one forward per non-constant channel serves every class, and all
     constant channels share one forward of ``0 · X`` (:func:`lidlib.baselines.scorecam_scores`).
     ``e.scorecam_forwards`` is the number of masked images evaluated.
+
+    ``cache``: a results file written by :func:`write_scorecam_cache` (ScoreCAM costs one forward per
+    channel: 800+ on EfficientNet-Lite0).  If it holds the scores of this model, layer, image and
+    classes, they are used, after ``check`` randomly chosen channels (and the constant ones) have been
+    evaluated again and compared: a mismatch raises :class:`ScoreCAMCacheMismatch`.  Otherwise (no file,
+    another model or image) every channel is evaluated.  ``e.scorecam_checked`` is the number of
+    channels re-evaluated against the file (``None`` without it), ``e.scorecam_live`` the number of
+    non-constant channels.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x must be one image batch (1, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    layer, c, z, a, masks, live = _scorecam_setup(model, x, targets, layer)
+    saved = _read_scorecam_cache(cache, _scorecam_key(model, x, layer), c) if cache is not None else None
+    checked = None
+    if saved is None:
+        scores, forwards = baselines.scorecam_scores(model, x[0], masks, live, batch_size)
+        scores_c = scores[:, c]                                             # (C, len(c)): Z_c(X ⊙ M_k)
+    else:
+        scores_c = saved.to(z.dtype)
+        k_live, k_dead = torch.nonzero(live).flatten(), torch.nonzero(~live).flatten()
+        pick = k_live[torch.randperm(len(k_live))[:check]]
+        sample = torch.cat([pick, k_dead[:1]]).sort().values
+        fresh, forwards = baselines.scorecam_scores(model, x[0], masks[sample], live[sample], batch_size)
+        fresh = fresh[:, c]
+        tol = 1e-4 * max(1.0, float(scores_c.abs().max()))
+        if not torch.allclose(fresh, scores_c[sample], rtol=1e-4, atol=tol):
+            worst = float((fresh - scores_c[sample]).abs().max())
+            raise ScoreCAMCacheMismatch(
+                f"{cache}: the saved ScoreCAM scores differ from the ones evaluated now (largest difference "
+                f"{worst:.3g} at the channels {sample.tolist()[:8]}...). The file is stale (another model, "
+                f"lidlib or image version): delete it and write it again with "
+                f"lidlib.widgets.write_scorecam_cache(path, model, x, targets)")
+        checked = len(sample)
+    w = torch.softmax(scores_c.T, dim=1)                                    # (len(c), C): softmax over channels
+    cam = torch.einsum("bk,khw->bhw", w, a).clamp_min(0)
+    e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(), None,
+                    None, model, input_shape=(len(c),) + tuple(x.shape[1:]))
+    e.scorecam_forwards = forwards
+    e.scorecam_checked = checked
+    e.scorecam_live = int(live.sum())
+    return e
+
+
+def _scorecam_setup(model, x, targets, layer):
+    """Checks, then the layer, classes, logits, the layer's output ``A`` (C, h, w), masks and live channels."""
     if any(m.training for m in model.modules()):
         raise RuntimeError("the model is in training mode; call model.eval() first")
     if layer is None:
@@ -149,13 +194,55 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
         raise ValueError(f"targets {c.tolist()} out of range for {z.shape[1]} classes")
     a = captured[0][0]                                                      # (C, h, w)
     masks, live = baselines.scorecam_masks(a[None], x.shape[-2:])
-    scores, forwards = baselines.scorecam_scores(model, x[0], masks[0], live[0], batch_size)
-    w = torch.softmax(scores[:, c].T, dim=1)                                # (len(c), C): softmax over channels
-    cam = torch.einsum("bk,khw->bhw", w, a).clamp_min(0)
-    e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(), None,
-                    None, model, input_shape=(len(c),) + tuple(x.shape[1:]))
-    e.scorecam_forwards = forwards
-    return e
+    return layer, c, z, a, masks[0], live[0]
+
+
+class ScoreCAMCacheMismatch(RuntimeError):
+    """A ScoreCAM results file no longer matches what the model computes now."""
+
+
+def _scorecam_key(model, x: torch.Tensor, layer: str) -> str:
+    """What the saved scores depend on: the model (name, size, a checksum of its weights), the layer,
+    and the input image (shape and three checksums, two of them position-weighted), to 5 significant digits."""
+    params = list(model.parameters())
+    total = sum(float(p.detach().double().sum()) for p in params)
+    xd = x.detach().double().flatten()
+    pos = torch.arange(1, len(xd) + 1, dtype=torch.float64) / len(xd)         # position-weighted: a flip changes it
+    sums = [float(xd.sum()), float((xd * pos).sum()), float((xd * torch.sin(40.0 * pos)).sum())]
+    return json.dumps({"model": getattr(model, "display_name", type(model).__name__), "layer": layer,
+                       "parameters": sum(p.numel() for p in params), "weights": f"{total:.5g}",
+                       "input": [list(x.shape)] + [f"{v:.5g}" for v in sums]})
+
+
+def _read_scorecam_cache(path, key: str, c: torch.Tensor) -> Optional[torch.Tensor]:
+    """The saved scores (C, len(c)) of classes ``c`` if ``path`` holds them for ``key``, else None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["key"]) != key:
+            return None
+        classes = [int(k) for k in f["classes"]]
+        if not all(int(k) in classes for k in c):
+            return None
+        scores = torch.from_numpy(f["scores"].astype(np.float64))
+    return scores[:, [classes.index(int(k)) for k in c]]
+
+
+def write_scorecam_cache(path, model, x: torch.Tensor, targets: Sequence[int], layer: Optional[str] = None,
+                         batch_size: int = 32) -> Path:
+    """Evaluate every masked image of ScoreCAM once and save the target logits ``Z_c(X ⊙ M_k)``
+    (channels × classes) with what they depend on, for :func:`scorecam_explanation`'s ``cache``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError("x must be one image batch (1, C, H, W)")
+    layer, c, _, _, masks, live = _scorecam_setup(model, x, targets, layer)
+    scores, _ = baselines.scorecam_scores(model, x[0], masks, live, batch_size)
+    c = c.tolist()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, key=np.array(_scorecam_key(model, x, layer)), classes=np.array(c),
+                        scores=scores[:, c].detach().cpu().numpy().astype(np.float32))
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -178,10 +265,11 @@ class HeatmapRenderer:
     top-2 predictions).  Default: the composite :data:`COMPOSITE` and the photos of
     :data:`lidlib.images.PHOTOS`.  ``size``: the input side (default ``model.input_size``).
     ``explanations_computed`` counts the explanations actually computed (cache misses).
+    ``scorecam_cache``: a ScoreCAM results file (see :func:`scorecam_explanation`).
     """
 
     def __init__(self, model=None, images: Optional[Mapping] = None, *, size: Optional[int] = None,
-                 figsize=(3.2, 3.4), dpi: int = 80):
+                 figsize=(3.9, 3.4), dpi: int = 100, scorecam_cache: Optional[Union[str, Path]] = None):
         self.model = _models.imagenet() if model is None else model
         self.size = int(size or getattr(self.model, "input_size", 224))
         raw = _default_images(self.size) if images is None else dict(images)
@@ -196,6 +284,7 @@ class HeatmapRenderer:
                 self.pairs[name] = (int(pair[0]), int(pair[1]))
         self.categories = list(getattr(self.model, "categories", None) or [])
         self.figsize, self.dpi = figsize, dpi
+        self.scorecam_cache = scorecam_cache
         self.cache: Dict[tuple, Tuple[Explanation, int]] = {}
         self.explanations_computed = 0
         self._inputs: Dict[str, torch.Tensor] = {}
@@ -288,7 +377,7 @@ class HeatmapRenderer:
             return hits[0][0]
         x = self.input(image)
         if method == "ScoreCAM":
-            e = scorecam_explanation(self.model, x, idx)
+            e = scorecam_explanation(self.model, x, idx, cache=self.scorecam_cache)
         else:
             layers = list(getattr(self.model, "stages", {}).values()) or None
             e = lidlib.explain(self.model, x.expand(len(idx), -1, -1, -1), torch.tensor(idx), method,
@@ -491,44 +580,60 @@ def heatmap_explorer(model=None, images: Optional[Mapping] = None, *, renderer: 
 
 def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str], targets: Sequence[str] = None,
                     stages: Sequence[str] = STAGES, *, n_steps: int = 10, reference: str = "zeros",
-                    figsize=(3.0, 3.0), dpi: int = 60, width: str = "300px", colors: int = 96) -> Gallery:
+                    figsize=(3.9, 3.3), dpi: int = 100, width: Optional[str] = None, colors: int = 256) -> Gallery:
     """Every (method, target) × stage heatmap of one image, precomputed into a
     :func:`lidlib.gallery.gallery_grid` that switches in the built page with no kernel.
 
     Rows are ``"<method> · <target label>"``, columns the stages.  Each (method, image) is explained once
     for all ``targets`` in one batch (through the renderer's cache), so the cost is
     ``len(methods)`` explanations plus ``len(methods) · len(targets) · len(stages)`` small PNGs
-    (``figsize`` inches at ``dpi``, reduced to ``colors`` palette colours: they all go into the page).
+    (``figsize`` inches at ``dpi``, each with its colour bar, reduced to ``colors`` palette colours: they
+    all go into the page).  One figure is redrawn for every map, so all images have the same size.
     """
     targets = tuple(renderer.target_keys(image) if targets is None else targets)
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; choose from {STAGES}")
-    images = {}
     for method in methods:
         if method == "ScoreCAM" and any(s != "s5" for s in stages):
             raise ValueError("ScoreCAM is computed at stage s5 only: use stages=('s5',) or leave it out")
-        renderer.explain(image, method, targets, n_steps=n_steps, reference=reference)
-        for t in targets:
-            k = renderer.class_index(image, t)
-            row = f"{method} · {t}: {renderer.class_name(k)}"
-            for s in stages:
-                state = State(image=image, method=method, target=t, stage=s, n_steps=n_steps, reference=reference)
-                fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
-                show_heatmap(ax, renderer.heatmap(state), image=renderer.images[image],
-                             title=f"{method}-{s}, {t}: {renderer.class_name(k)}")
-                fig.tight_layout()
-                images[(row, s)] = small_png(fig, colors)
+    # one figure, redrawn for every map (update_heatmap): the same size for all, and no new figure each time
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    # laid out once, for the widest colour-bar labels a map can have ("-8.8e-38"), so none is cut later
+    im = show_heatmap(ax, torch.full((renderer.size, renderer.size), -8.8e-38), image=renderer.images[image],
+                      title=" ")
+    fig.tight_layout()
+    images = {}
+    try:
+        for method in methods:
+            renderer.explain(image, method, targets, n_steps=n_steps, reference=reference)
+            for t in targets:
+                k = renderer.class_index(image, t)
+                row = f"{method} · {t}: {renderer.class_name(k)}"
+                for s in stages:
+                    state = State(image=image, method=method, target=t, stage=s, n_steps=n_steps, reference=reference)
+                    update_heatmap(im, renderer.heatmap(state))
+                    ax.set_title(f"{method}-{s}, {t}: {renderer.class_name(k)}", fontsize=9)
+                    images[(row, s)] = small_png(fig, colors, close=False, tight=False)
+    finally:
+        plt.close(fig)
     return gallery_grid(images, descriptions=("Method · class:", "Stage:"), controls=("dropdown", "toggle"),
                         width=width)
 
 
-def small_png(fig, colors: int = 96) -> bytes:
+def small_png(fig, colors: int = 96, *, close: bool = True, tight: bool = True) -> bytes:
     """PNG bytes of a figure with at most ``colors`` palette colours (several times smaller than RGBA);
-    the figure is closed."""
+    the figure is closed unless ``close=False``; ``tight=False`` keeps the figure's own size."""
     import io
     from PIL import Image
-    im = Image.open(io.BytesIO(to_png(fig))).convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)
+    if tight:
+        rgb = Image.open(io.BytesIO(to_png(fig, close=close))).convert("RGB")
+    else:                                       # the canvas's pixels as drawn: one draw, no PNG in between
+        fig.canvas.draw()
+        rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        if close:
+            plt.close(fig)
+    im = rgb.quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -538,16 +643,16 @@ def stage_grid(renderer: HeatmapRenderer, image: str, methods: Sequence[str], ta
                stages: Sequence[str] = ("s5", "s4", "s3", "s2", "s1"), *, n_steps: int = 10,
                reference: str = "zeros", cell: float = 1.9) -> "plt.Figure":
     """A methods × stages grid of heatmaps over the photo (the layout of the paper's Fig. 5 and 6)."""
-    fig, axes = plt.subplots(len(methods), len(stages), figsize=(cell * len(stages), cell * len(methods) + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(methods), len(stages), figsize=(cell * len(stages) + 0.8, cell * len(methods) + 0.3),
+                             squeeze=False, layout="constrained")
     for i, method in enumerate(methods):
         for j, s in enumerate(stages):
             st = State(image=image, method=method, target=target, stage=s, n_steps=n_steps, reference=reference)
-            show_heatmap(axes[i, j], renderer.heatmap(st), image=renderer.images[image])
+            show_heatmap(axes[i, j], renderer.heatmap(st), image=renderer.images[image], colorbar=False)
             if i == 0:
                 axes[i, j].set_title(s, fontsize=12)
         axes[i, 0].set_ylabel(method, fontsize=12)
+    relevance_colorbar(fig, axes)
     k = renderer.class_index(image, target)
     fig.suptitle(f"class {target}: {renderer.class_name(k)}", fontsize=13)
-    fig.tight_layout()
     return fig

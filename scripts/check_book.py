@@ -46,6 +46,7 @@ SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
 PAGE_TIMEOUT_MS = 60_000
 RENDER_TIMEOUT_MS = 30_000
 SWITCH_TIMEOUT_MS = 5_000
+MAX_STEPS = 12          # options tried per control (a gallery has fewer; a live slider fails at the first)
 
 # --------------------------------------------------------------------------------------------------
 # JavaScript run in the page
@@ -109,46 +110,90 @@ JS_MATH = r"""() => {
   return {containers: document.querySelectorAll('mjx-container').length, nodes: nodes.length, errors, unrendered, raw};
 }"""
 
-JS_LABEL_GALLERIES = """() => {
+# Every widget view on the page (the element the embedded manager rendered a saved view into), and
+# every control in it.  Each control gets data-check-control="<view>-<k>", each view data-check-view.
+JS_LABEL_CONTROLS = """() => {
+  const views = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')]
+    .map(s => s.previousElementSibling).filter(p => p && p.classList.contains('widget-subarea'));
   const out = [];
-  document.querySelectorAll('.lid-gallery').forEach((g, gi) => {
+  views.forEach((v, vi) => {
+    v.setAttribute('data-check-view', String(vi));
     const controls = [];
-    const row = g.firstElementChild;
-    let ci = 0;
-    const sel = 'select, .widget-toggle-buttons, .widget-slider, .widget-hslider';
-    // a gallery whose only control is a slider or toggle buttons has that control as its first row
-    [...(row.matches(sel) ? [row] : []), ...row.querySelectorAll(sel)].forEach(el => {
-      let kind = null, n = 0;
-      if (el.tagName === 'SELECT') { kind = 'select'; n = el.options.length; }
-      else if (el.classList.contains('widget-toggle-buttons')) { kind = 'toggle'; n = el.querySelectorAll('button').length; }
-      else if (el.querySelector('.noUi-handle')) { kind = 'slider'; n = -1; }
-      if (!kind) return;
-      el.setAttribute('data-check-control', gi + '-' + ci);
-      controls.push({id: gi + '-' + ci, kind, n});
-      ci += 1;
+    const add = (el, kind, n, label) => {
+      if (el.hasAttribute('data-check-control')) return;
+      const id = vi + '-' + controls.length;
+      el.setAttribute('data-check-control', id);
+      controls.push({id, kind, n, label: (label || '').trim().slice(0, 40)});
+    };
+    const desc = el => { const w = el.closest('.widget-inline-hbox, .widget-inline-vbox, .widget-toggle-buttons');
+                         const l = w && w.querySelector('.widget-label'); return l ? l.textContent : ''; };
+    v.querySelectorAll('select').forEach(el => add(el, 'select', el.options.length, desc(el)));
+    v.querySelectorAll('.widget-toggle-buttons').forEach(el =>
+      add(el, 'toggle', el.querySelectorAll('button').length, desc(el)));
+    v.querySelectorAll('.noUi-handle').forEach(h => {
+      const el = h.closest('.widget-slider, .widget-hslider, .widget-vslider, .widget-inline-hbox') || h;
+      add(el, 'slider', Number(h.getAttribute('aria-valuemax')) - Number(h.getAttribute('aria-valuemin')) + 1, desc(el));
     });
-    g.setAttribute('data-check-gallery', String(gi));
-    out.push({index: gi, controls});
+    v.querySelectorAll('input[type="checkbox"]').forEach(el =>
+      add(el, 'checkbox', 2, (el.closest('.widget-checkbox') || el).textContent));
+    v.querySelectorAll('button').forEach(el => {
+      if (!el.closest('.widget-toggle-buttons, [data-check-control]')) add(el, 'button', 2, el.textContent);
+    });
+    v.querySelectorAll('input[type="text"], input[type="number"], textarea').forEach(el => {
+      if (!el.closest('[data-check-control]')) add(el, 'text', 2, desc(el));
+    });
+    v.querySelectorAll('.lm-TabBar-tab, .p-TabBar-tab').forEach((el, k) => {
+      if (k > 0) add(el, 'tab', 2, el.textContent);
+    });
+    out.push({index: vi, gallery: !!v.querySelector('.lid-gallery'), controls});
   });
   return out;
 }"""
 
-JS_VISIBLE_IMAGE = """(gi) => {
-  const g = document.querySelector('[data-check-gallery="' + gi + '"]');
-  const stack = g.children[1];
-  const imgs = [...stack.querySelectorAll('img')].filter(i => i.checkVisibility ? i.checkVisibility() : i.offsetParent !== null);
-  return imgs.map(i => ({src: i.src, width: i.naturalWidth}));
+# The picture of a view: the visible images (their src), or, if the view shows no image at all, the
+# visible text outside its controls (a slider's own read-out does not count as a picture).
+JS_PICTURE = """(vi) => {
+  const v = document.querySelector('[data-check-view="' + vi + '"]');
+  const vis = el => el.checkVisibility ? el.checkVisibility() : el.offsetParent !== null;
+  const imgs = [...v.querySelectorAll('img')].filter(vis);
+  const text = [...v.querySelectorAll('.widget-html-content, .jp-OutputArea, .widget-output, .widget-label')]
+    .filter(e => vis(e) && !e.closest('[data-check-control]')).map(e => e.textContent).join('|');
+  return {imgs: imgs.map(i => ({src: i.src, loaded: i.complete && i.naturalWidth > 0, width: i.getBoundingClientRect().width})),
+          text};
 }"""
 
-JS_SWITCHED = """([gi, before]) => {
-  const g = document.querySelector('[data-check-gallery="' + gi + '"]');
-  const imgs = [...g.children[1].querySelectorAll('img')].filter(i => i.checkVisibility ? i.checkVisibility() : i.offsetParent !== null);
-  return imgs.length === 1 && imgs[0].src !== before && imgs[0].complete && imgs[0].naturalWidth > 0;
+JS_PICTURE_CHANGED = """([vi, before]) => {
+  const pic = (""" + JS_PICTURE + """)(vi);
+  if (pic.imgs.some(i => !i.loaded)) return false;
+  return JSON.stringify(pic.imgs.map(i => i.src)) !== JSON.stringify(before.imgs.map(i => i.src))
+      || (before.imgs.length === 0 && pic.text !== before.text);
 }"""
 
-JS_SLIDER_COUNT = """(id) => {
-  const h = document.querySelector('[data-check-control="' + id + '"] .noUi-handle');
-  return h ? Number(h.getAttribute('aria-valuemax')) - Number(h.getAttribute('aria-valuemin')) + 1 : 0;
+# Widths: no table, image, figure or widget may be wider than the text column (the article's content
+# box).  A table inside a scrolling wrapper counts by its own width (the reader would have to scroll).
+JS_WIDTHS = """() => {
+  const col = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const cs = getComputedStyle(col), r = col.getBoundingClientRect();
+  const left = r.left + parseFloat(cs.paddingLeft), right = r.right - parseFloat(cs.paddingRight);
+  const width = right - left;
+  const vis = el => el.checkVisibility ? el.checkVisibility() : el.offsetParent !== null;
+  const bad = [];
+  const what = el => {
+    const id = el.closest('section[id]'); const cell = el.closest('.cell');
+    const t = el.tagName.toLowerCase() + (el.className && typeof el.className === 'string' ? '.' + el.className.split(' ')[0] : '');
+    return t + (id ? ' in #' + id.id : '') + (el.tagName === 'TABLE' ? ' (' + (el.rows[0] ? el.rows[0].textContent.replace(/\\s+/g, ' ').trim().slice(0, 60) : '') + ')' : '');
+  };
+  const sel = 'table, img, figure, .widget-subarea, .cell_output svg, .cell_output canvas';
+  col.querySelectorAll(sel).forEach(el => {
+    if (!vis(el)) return;
+    const b = el.getBoundingClientRect();
+    if (b.width === 0) return;
+    const w = Math.max(b.width, el.scrollWidth || 0);
+    if (w > width + 1 || b.left < left - 1 || b.right > right + 1)
+      bad.push({what: what(el), width: Math.round(w), column: Math.round(width),
+                over: Math.round(Math.max(w - width, left - b.left, b.right - right))});
+  });
+  return {column: Math.round(width), bad};
 }"""
 
 JS_DUPLICATE_SCRIPTS = """() => {
@@ -293,7 +338,7 @@ def main(argv=None) -> int:
     if args.student:
         failures += check_sources_for_solutions(root)
     notes: list[str] = []
-    totals = dict(pages=0, equations=0, images=0, widgets=0, galleries=0, switches=0)
+    totals = dict(pages=0, equations=0, images=0, widgets=0, galleries=0, controls=0, switches=0)
     external: list[tuple[str, str]] = []
     t0 = time.time()
 
@@ -367,41 +412,65 @@ def main(argv=None) -> int:
                 if shots:
                     page.screenshot(path=str(shots / f"{safe_name(rel)}.png"), full_page=True)
 
-                # galleries: every control, every option, the visible image must change
-                for g in page.evaluate(JS_LABEL_GALLERIES):
-                    totals["galleries"] += 1
-                    gi = g["index"]
-                    if not g["controls"]:
-                        errors.append(f"gallery {gi}: no control found")
-                    for c in g["controls"]:
+                # widths: tables, figures, images and widgets fit in the text column
+                wd = page.evaluate(JS_WIDTHS)
+                errors += [f"{x['what']} is {x['width']} px wide and sticks out {x['over']} px of the text column "
+                                f"({x['column']} px)" for x in wd["bad"]]
+
+                # every control of every widget view, every option: the picture must change each time
+                for v in page.evaluate(JS_LABEL_CONTROLS):
+                    vi = v["index"]
+                    kind_of_view = "gallery" if v["gallery"] else "widget"
+                    if v["gallery"]:
+                        totals["galleries"] += 1
+                        if not v["controls"]:
+                            errors.append(f"gallery {vi}: no control found")
+                    for c in v["controls"]:
+                        totals["controls"] += 1
                         loc = page.locator(f'[data-check-control="{c["id"]}"]')
-                        n = c["n"] if c["kind"] != "slider" else page.evaluate(JS_SLIDER_COUNT, c["id"])
+                        n = c["n"]
                         if n < 2:
-                            notes.append(f"{name}: gallery {gi} control {c['id']} has {n} option(s); nothing to switch")
+                            notes.append(f"{name}: {kind_of_view} {vi} control {c['id']} has {n} option(s); "
+                                         "nothing to switch")
                             continue
-                        for step in range(1, n):
-                            vis = page.evaluate(JS_VISIBLE_IMAGE, gi)
-                            if len(vis) != 1 or vis[0]["width"] == 0:
-                                errors.append(f"gallery {gi}: {len(vis)} visible image(s) before step {step} of "
-                                              f"control {c['id']} (expected one loaded image)")
+                        steps = range(1, min(n, MAX_STEPS + 1)) if c["kind"] in ("select", "toggle", "slider") else [1]
+                        for step in steps:
+                            before = page.evaluate(JS_PICTURE, vi)
+                            if v["gallery"] and (sum(1 for x in before["imgs"]) != 1
+                                                 or not all(x["loaded"] for x in before["imgs"])):
+                                errors.append(f"gallery {vi}: {len(before['imgs'])} visible image(s) before step "
+                                              f"{step} of control {c['id']} (expected one loaded image)")
                                 break
                             if c["kind"] == "select":
                                 loc.select_option(index=step)
                             elif c["kind"] == "toggle":
                                 loc.locator("button").nth(step).click()
-                            else:
-                                loc.locator(".noUi-handle").focus()
+                            elif c["kind"] == "slider":
+                                loc.locator(".noUi-handle").first.focus()
                                 page.keyboard.press("ArrowRight")
+                            elif c["kind"] == "text":
+                                loc.fill((loc.input_value() or "") + "1")
+                                loc.press("Enter")
+                            else:                       # checkbox, button, tab
+                                loc.click()
                             try:
-                                page.wait_for_function(JS_SWITCHED, arg=[gi, vis[0]["src"]], timeout=SWITCH_TIMEOUT_MS)
+                                page.wait_for_function(JS_PICTURE_CHANGED, arg=[vi, before], timeout=SWITCH_TIMEOUT_MS)
                                 totals["switches"] += 1
                             except PWTimeout:
-                                errors.append(f"gallery {gi}: control {c['id']} ({c['kind']}) option {step} "
-                                              "did not switch the visible image")
+                                hint = ("" if v["gallery"] else
+                                        " (a live widget needs a kernel: show it with lidlib.gallery.live, "
+                                        "which leaves only a pointer line in the static book)")
+                                errors.append(f"{kind_of_view} {vi}: control {c['id']} ({c['kind']} "
+                                              f"{c['label']!r}) step {step} changes nothing in the picture{hint}")
                                 break
+                            after = page.evaluate(JS_PICTURE, vi)
+                            for x in after["imgs"]:
+                                if x["width"] > wd["column"] + 1:
+                                    errors.append(f"{kind_of_view} {vi}: an image {round(x['width'])} px wide, "
+                                                  f"the text column {wd['column']} px")
                             if shots:
-                                page.locator(f'[data-check-gallery="{gi}"]').screenshot(
-                                    path=str(shots / f"{safe_name(rel)}-gallery{c['id']}-step{step}.png"))
+                                page.locator(f'[data-check-view="{vi}"]').screenshot(
+                                    path=str(shots / f"{safe_name(rel)}-view{vi}-{c['id']}-step{step}.png"))
                 html = (root / rel).read_text(encoding="utf8", errors="replace")
                 errors += check_colab_links(root, rel, html)
             except Exception as exc:  # a crash on one page is a failure of that page, not of the run
@@ -424,7 +493,8 @@ def main(argv=None) -> int:
                  for page, url in external]
 
     print(f"\n{totals['pages']} pages, {totals['equations']} equations, {totals['images']} images, "
-          f"{totals['widgets']} widget views, {totals['galleries']} galleries ({totals['switches']} switches) "
+          f"{totals['widgets']} widget views, {totals['galleries']} galleries, {totals['controls']} controls "
+          f"({totals['switches']} switches) "
           f"checked in {time.time() - t0:.1f} s")
     for note in notes:
         print(f"note: {note}")

@@ -165,3 +165,66 @@ def test_grid_bad_input():
         gallery_grid({("a", "x"): np.zeros((2, 2))}, descriptions=("one",))
     with pytest.raises(ValueError, match="control must be one of"):
         gallery_grid({("a", "x"): np.zeros((2, 2))}, controls=("dropdown", "radio"))
+
+
+# --- live(): the live widget in a kernel, one pointer line in the static book build ----------------
+
+def test_live_builds_the_widget_in_a_kernel(monkeypatch):
+    from lidlib.gallery import STATIC_ENV, live
+    monkeypatch.delenv(STATIC_ENV, raising=False)
+    calls = []
+
+    def make(a, b=0):
+        calls.append((a, b))
+        return widgets.IntSlider(value=a + b)
+
+    w = live(make, 2, b=3, what="the slider")
+    assert isinstance(w, widgets.IntSlider) and w.value == 5 and calls == [(2, 3)]
+    monkeypatch.setenv(STATIC_ENV, "0")            # "0" means: not the static build
+    assert isinstance(live(make, 1), widgets.IntSlider) and len(calls) == 2
+
+
+def test_live_in_the_static_build_shows_a_pointer_and_builds_nothing(monkeypatch):
+    from lidlib.gallery import POINTER_CLASS, STATIC_ENV, LivePointer, live, static_build
+    monkeypatch.setenv(STATIC_ENV, "1")
+    assert static_build()
+
+    def make():
+        raise AssertionError("the widget must not be built for the static page")
+
+    p = live(make, what="Fig. 2 for any method")
+    assert isinstance(p, LivePointer)
+    html = p._repr_html_()
+    assert POINTER_CLASS in html and "Fig. 2 for any method" in html and "notebook" in html
+    assert "\n" not in p.text and "Fig. 2 for any method" in repr(p)
+    assert not isinstance(p, widgets.Widget)       # no widget state, no dead control in the page
+
+
+def test_live_rejects_a_widget_instead_of_its_factory(monkeypatch):
+    from lidlib.gallery import STATIC_ENV, live
+    monkeypatch.setenv(STATIC_ENV, "1")
+    with pytest.raises(TypeError, match="pass the function"):
+        live(widgets.IntSlider())
+
+
+def test_every_chapter_shows_live_widgets_only_through_live():
+    """A live widget cell in a chapter must go through live() and be tagged remove-input (static page:
+    the pointer only); the build sets LIDBOOK_STATIC."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    live_makers = re.compile(r"\b(\w+_widget|heatmap_explorer|interact(?:ive)?)\(")
+    for md in sorted((root / "book").glob("[0-9][0-9]_*.md")):
+        text = md.read_text(encoding="utf8")
+        for cell in re.findall(r"```\{code-cell\}[^\n]*\n(.*?)\n```", text, re.S):
+            if ":tags:" in cell and "solution" in cell.split("\n", 1)[0]:
+                continue
+            for line in cell.splitlines():
+                if line.lstrip().startswith(("def ", "#", "from ", "import ")):
+                    continue
+                if live_makers.search(line):
+                    assert "live(" in cell, f"{md.name}: a live widget shown without lidlib.gallery.live: {line}"
+            if "live(" in cell:
+                assert cell.startswith(":tags: [remove-input]"), f"{md.name}: tag the live() cell remove-input"
+    build = (root / "scripts" / "build_book.sh").read_text(encoding="utf8")
+    assert re.search(r"^export LIDBOOK_STATIC=1", build, re.M), "scripts/build_book.sh must export LIDBOOK_STATIC=1"

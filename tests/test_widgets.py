@@ -176,6 +176,34 @@ def test_scorecam_matches_lidlib_on_a_toy_cnn():
     assert fast.scorecam_forwards == live + 1
 
 
+def test_scorecam_results_file_is_used_only_after_a_sample_check(tmp_path):
+    model = toy.cnn(in_channels=3, size=12)
+    model.stages = {"s5": "5"}
+    x = torch.rand(1, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x[..., :4] = 0                                                              # some constant channels
+    targets = [0, 3]
+    full = W.scorecam_explanation(model, x, targets, batch_size=2)
+    assert full.scorecam_checked is None
+    path = W.write_scorecam_cache(tmp_path / "sc.npz", model, x, [3, 0, 4], batch_size=2)   # a superset
+    cached = W.scorecam_explanation(model, x, targets, batch_size=2, cache=path, check=2)
+    assert torch.allclose(cached.layer("5"), full.layer("5"), atol=1e-6, rtol=0)
+    assert cached.scorecam_checked == 3 and cached.scorecam_forwards == 3 < full.scorecam_forwards  # 2 live + 1 constant
+    assert cached.scorecam_live == full.scorecam_live
+    # a file for another image or class does not apply: every masked image is evaluated
+    other = W.scorecam_explanation(model, x.flip(-1), targets, batch_size=2, cache=path)
+    assert other.scorecam_checked is None
+    assert W.scorecam_explanation(model, x, [1], batch_size=2, cache=path).scorecam_checked is None
+    assert W.scorecam_explanation(model, x, targets, cache=tmp_path / "missing.npz").scorecam_checked is None
+    # a stale file (scores that the model no longer computes) fails, whatever channels the sample picks
+    import numpy as np
+    with np.load(path) as f:
+        data = dict(f)
+    data["scores"] = data["scores"] + 1.0
+    np.savez(path, **data)
+    with pytest.raises(W.ScoreCAMCacheMismatch, match="stale"):
+        W.scorecam_explanation(model, x, targets, batch_size=2, cache=path, check=1)
+
+
 def test_scorecam_errors(lite0):
     x = torch.zeros(2, 3, SMALL, SMALL)
     with pytest.raises(ValueError, match="one image"):
@@ -221,6 +249,11 @@ def test_gallery(small):
     assert g.labels[0] == ("SIG-LID-IG · A: Egyptian cat", "SIG-LID-IG · B: espresso",
                            "GradCAM · A: Egyptian cat", "GradCAM · B: espresso")
     assert len(g.stack.children) == 4 and all(len(s.children) == 2 for s in g.stack.children)
+    from PIL import Image
+    import io
+    sizes = {Image.open(io.BytesIO(img.value)).size for s in g.stack.children for img in s.children}
+    assert len(sizes) == 1                                # one redrawn figure: every image the same size
+    assert len({bytes(img.value) for s in g.stack.children for img in s.children}) == 8   # and all different
     with pytest.raises(ValueError, match="s5 only"):
         W.heatmap_gallery(small, W.COMPOSITE, ["ScoreCAM"], stages=("s5", "s4"))
     with pytest.raises(ValueError, match="unknown stage"):
@@ -238,5 +271,51 @@ def test_small_png(small):
 
 def test_stage_grid(small):
     fig = W.stage_grid(small, W.COMPOSITE, ["SIG-LID-Taylor", "SIG-LID-IG"], "B")
-    assert fig.axes and len(fig.axes) == 10
+    assert len(fig.axes) == 10 + 1                      # 2 methods x 5 stages, one shared colour bar
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["−max", "0", "+max"]
+    plt.close(fig)
+
+
+def test_gallery_and_render_images_carry_a_colour_bar(small):
+    fig = small.render(W.State(stage="s5"))
+    assert len(fig.axes) == 2                            # the map and its colour bar
+    plt.close(fig)
+
+
+def test_show_heatmap_colour_bar_is_symmetric_red_white_blue():
+    from matplotlib.colors import to_rgba
+    from lidlib.plot import CMAP, relevance_colorbar, show_heatmap
+    h = torch.tensor([[-1.0, 0.5], [0.25, 3.0]])       # asymmetric values: the scale must still be ±3
+    fig, ax = plt.subplots()
+    im = show_heatmap(ax, h)
+    assert im.get_clim() == (-3.0, 3.0) and im.get_cmap().name == CMAP
+    cmap = im.get_cmap()
+    assert cmap(0.5)[:3] == pytest.approx((1, 1, 1), abs=0.01)          # white at 0
+    assert cmap(1.0)[:3] == pytest.approx(to_rgba("red")[:3], abs=0.01)  # red at +max
+    assert cmap(0.0)[:3] == pytest.approx(to_rgba("blue")[:3], abs=0.01) # blue at -max
+    (bar,) = [a for a in fig.axes if a is not ax]
+    assert [float(t) for t in bar.get_yticks()] == [-3.0, 0.0, 3.0]
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, layout="constrained")
+    for a in axes:
+        show_heatmap(a, h, colorbar=False)
+    assert len(fig.axes) == 2
+    cb = relevance_colorbar(fig, axes)
+    assert cb.mappable.get_clim() == (-1.0, 1.0) and len(fig.axes) == 3
+    with pytest.raises(ValueError, match="axes"):
+        relevance_colorbar(fig)
+    plt.close(fig)
+
+
+def test_update_heatmap_redraws_map_limits_and_bar():
+    from lidlib.plot import show_heatmap, update_heatmap
+    fig, ax = plt.subplots()
+    im = show_heatmap(ax, torch.zeros(4, 5), image=torch.rand(3, 4, 5))
+    h = torch.linspace(-2, 0.5, 20).reshape(4, 5)
+    update_heatmap(im, h)
+    assert im.get_clim() == (-2.0, 2.0) and float(abs(im.get_array() - h.numpy()).max()) == 0
+    assert [float(t) for t in im.colorbar.ax.get_yticks()] == [-2.0, 0.0, 2.0]
+    with pytest.raises(ValueError, match="shape"):
+        update_heatmap(im, torch.zeros(3, 3))
     plt.close(fig)
