@@ -78,8 +78,13 @@ def top_relevance(kind: str, z: torch.Tensor, z_ref: torch.Tensor, c: torch.Tens
     """The top relevance ``R(Y^L)`` and backward signal ``g^L`` of a method (Table 2).
 
     ``z`` are the logits, ``z_ref`` the reference logits (zeros for the LRP family, where
-    ``ΔZ = Z``), ``c`` the target classes.  Returns ``(g, R)`` with ``R = g ⊙ (z − z_ref)`` up
-    to the ε-stabiliser of the SG row.
+    ``ΔZ = Z``), ``c`` the target classes.  Returns ``(g, R)`` with ``R = g ⊙ (z − z_ref)``.
+
+    SG (Eq. 10) puts ``R = P'_c`` on the logits exactly, so ``g = P'_c / ΔZ``; the stabilised
+    division ``1 / (Z + ε·sign Z)`` of LRP-ε is applied by the layer below (the last linear layer's
+    ε rule), not here, so it is not applied twice.  ``eps`` (the method's ``Rule.eps``) is the
+    cut-off: no message from a logit with ``|ΔZ| ≤ ε`` (first author's convention; ``eps = 0``: only
+    where ``ΔZ = 0``).  On a network with logits near 0 this choice decides SG's result (book, Ch. 12).
     """
     dz = z - z_ref
     if kind == "logit":
@@ -93,7 +98,9 @@ def top_relevance(kind: str, z: torch.Tensor, z_ref: torch.Tensor, c: torch.Tens
         return g, g * dz
     if kind == "SG":
         r = softmax_gradient(z, c)
-        return r / stabilize(dz, eps), r
+        keep = dz.abs() > eps
+        g = torch.where(keep, r / torch.where(keep, dz, torch.ones_like(dz)), torch.zeros_like(r))
+        return g, r
     raise ValueError(f"unknown top relevance {kind!r}; choose one of {TOPS}")
 
 
