@@ -3,7 +3,7 @@
 PYTHON ?= python3
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: book test check-book bench
+.PHONY: book test check-book bench eval
 
 book:            ## build the whole book, offline, executing every chapter (-W: warnings are errors)
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -18,3 +18,7 @@ check-book:      ## load every built page in headless Chromium (needs: apt-get i
 
 bench:           ## speed benchmark: ratios to a plain gradient, measured in the same run
 	$(PYTHON) scripts/benchmark.py --models vgg16 efficientnet --all --oracles
+
+eval:            ## the full evaluation of Ch. 12 (resumes): book/results/eval.csv + eval.json (its configuration)
+	OMP_NUM_THREADS=2 nice -n 10 $(PYTHON) -m lidlib.experiment probability-change class-discrimination \
+	    --methods all --eval-set --size 192 --n-steps 10 --seed 0 --out book/results/eval.csv --figure none
