@@ -19,6 +19,11 @@ check-book:      ## load every built page in headless Chromium (needs: apt-get i
 bench:           ## speed benchmark: ratios to a plain gradient, measured in the same run
 	$(PYTHON) scripts/benchmark.py --models vgg16 efficientnet --all --oracles
 
-eval:            ## the full evaluation of Ch. 12 (resumes): book/results/eval.csv + eval.json (its configuration)
-	OMP_NUM_THREADS=2 nice -n 10 $(PYTHON) -m lidlib.experiment probability-change class-discrimination \
-	    --methods all --eval-set --size 192 --n-steps 10 --seed 0 --out book/results/eval.csv --figure none
+# the two halves of the methods run side by side (one process per core), each into its own CSV + .json
+EVAL = OMP_NUM_THREADS=1 nice -n 10 $(PYTHON) -m lidlib.experiment probability-change class-discrimination \
+	--eval-set --size 192 --n-steps 10 --seed 0 --figure none --no-progress --threads 1
+eval:            ## the full evaluation of Ch. 12 (resumes): book/results/eval-{a,b}.csv + .json (configurations)
+	$(EVAL) --out book/results/eval-a.csv --methods GradCAM LayerCAM IG LRP-0 SG-LRP-0 SG-LRP-ZP ST-LRP-0 & \
+	$(EVAL) --out book/results/eval-b.csv --methods SIG-LRP-0 DeepLIFT LID-Taylor ST-LID-Taylor SIG-LID-Taylor \
+	    LID-IG SIG-LID-IG & \
+	wait

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import numbers
 import os
@@ -55,7 +56,8 @@ from .methods import get_method
 
 __all__ = ["COLUMNS", "METRICS", "Sample", "Composite", "Results", "run", "read_results", "composites",
            "photo_samples", "composite_samples", "default_source", "folder_samples", "plot_metric", "main",
-           "LAYOUTS", "PAIRS"]
+           "LAYOUTS", "PAIRS", "EVAL_LAYOUTS", "EVAL_SET", "eval_samples", "config_path", "read_config",
+           "check_writable", "verify_sample", "SampleMismatch"]
 
 #: the CSV's columns, in order
 COLUMNS = ("image", "target", "model", "method", "metric", "stages", "param", "value")
@@ -811,6 +813,93 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     if figure:
         res.figures = _save_figures(res, cfg, out_csv, figure, [s.name for s in samples])
     return res
+
+
+def read_config(path) -> dict:
+    """The configuration file of a results CSV (:func:`config_path`), as a dict."""
+    import json
+    cpath = config_path(path)
+    if not cpath.exists():
+        raise ValueError(f"{path} has no configuration file {cpath.name}")
+    return json.loads(cpath.read_text(encoding="utf-8"))
+
+
+class SampleMismatch(ValueError):
+    """A committed result that a recomputation does not reproduce."""
+
+
+def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence[str] = None, seed: int = 0,
+                  atol: float = 1e-4, rtol: float = 1e-4) -> dict:
+    """Recompute a seeded random sample of the rows of a results CSV and raise :class:`SampleMismatch` if
+    any value differs beyond ``atol + rtol·|value|``.
+
+    ``n_images`` images are drawn (seeded by ``seed``) from those in the CSV; for each, every method of
+    ``methods`` (default: all in the CSV) is recomputed with the settings of the CSV's configuration file
+    (which must match ``model``, ``source`` and this lidlib: :func:`run`'s refusal rules apply).
+    ``source``: the image source the CSV was made from (default: the one its configuration names, for the
+    evaluation set and the default source).  Returns ``{"images", "methods", "rows", "max_abs_diff"}``."""
+    import random
+    doc = read_config(path)
+    st = doc["settings"]
+    res = read_results(path)
+    old_size = getattr(model, "input_size", None)
+    try:
+        if st.get("input_size"):
+            model.input_size = int(st["input_size"])
+        if source is None:
+            kind = st["image_set"]["source"]
+            if kind not in (EVAL_SET, "default"):
+                raise ValueError(f"{path} was made from {kind!r}: pass that source to verify_sample")
+            source = EVAL_SET if kind == EVAL_SET else None
+        metrics_ = doc["metrics"]
+        per_object = "class-discrimination" in metrics_
+        samples = _resolve_source(source, model, per_object)
+        fill = st["fill"]
+        if isinstance(fill, dict):
+            raise ValueError("verify_sample cannot rebuild a tensor fill; use fill 'reference', 'mean' or a number")
+        if st["baseline"] != "zeros":
+            raise ValueError("verify_sample cannot rebuild a tensor baseline")
+        cfg = _Config(metrics_, [], {m: list(v) for m, v in doc["stages"].items()}, tuple(st["ratios"]),
+                      tuple(st["radii"]), fill, int(st["n_copies"]), float(st["max_shift"]), tuple(st["scale"]),
+                      st["n_steps"], None, int(st["seed"]))
+        cfg.groups = _expected_groups(cfg)
+        settings = _settings(cfg, model, source, samples, [m for m in st["methods"]])
+        for k in ("model", "input_size", "image_set"):
+            if json.loads(json.dumps(settings[k])) != st[k]:
+                raise SampleMismatch(f"{path}: {k} is {st[k]!r} in its configuration but {settings[k]!r} here")
+        by_name = {s.name: s for s in samples}
+        in_csv = [n for n in res.images() if n in by_name]
+        picked = random.Random(seed).sample(in_csv, min(n_images, len(in_csv)))
+        methods = list(methods or res.methods())
+        samples_, targets = _validate_samples([by_name[n] for n in picked], model)
+        checked, worst = 0, 0.0
+        for smp, t in zip(samples_, targets):
+            for m in methods:
+                old = {(r["metric"], r["stages"], r["param"]): r["value"] for r in res.select(image=smp.name, method=m)}
+                if not old:
+                    continue
+                groups = [g for g in cfg.groups if any((g[1], g[2]) == k[:2] for k in old)]
+                for r in _compute(model, smp, t, m, groups, cfg):
+                    key = (r["metric"], r["stages"], r["param"])
+                    if key not in old:
+                        continue
+                    a, b = old[key], float(r["value"])
+                    if math.isnan(a) and math.isnan(b):
+                        checked += 1
+                        continue
+                    d = abs(a - b)
+                    if not d <= atol + rtol * abs(a):
+                        raise SampleMismatch(f"{path}: {smp.name} / {m} / {key[0]} {key[1]} {key[2]}: the file says "
+                                             f"{a!r}, a recomputation gives {b!r}; the committed results are stale or "
+                                             "altered: rerun the evaluation (make eval)")
+                    worst = max(worst, d)
+                    checked += 1
+        if checked == 0:
+            raise SampleMismatch(f"{path}: no row could be recomputed (no matching images or methods)")
+        return {"images": picked, "methods": methods, "rows": checked, "max_abs_diff": worst}
+    finally:
+        if old_size is not None:
+            model.input_size = old_size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
