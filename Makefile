@@ -26,4 +26,7 @@ eval:            ## the full evaluation of Ch. 12 (resumes): book/results/eval-{
 	$(EVAL) --out book/results/eval-a.csv --methods GradCAM LayerCAM IG LRP-0 SG-LRP-0 SG-LRP-ZP ST-LRP-0 & \
 	$(EVAL) --out book/results/eval-b.csv --methods SIG-LRP-0 DeepLIFT LID-Taylor ST-LID-Taylor SIG-LID-Taylor \
 	    LID-IG SIG-LID-IG & \
+	$(EVAL) --out book/results/eps.csv --limit 30 --methods $(EPS_METHODS) & \
 	wait
+# the ε study of Ch. 12: SG-LRP-0 and SG-LRP-ZP at ε = 0 (exact) … 1 on the first 30 images (every pair, "halves")
+EPS_METHODS = $(foreach m,SG-LRP-0 SG-LRP-ZP,$(foreach e,0 1e-06 0.001 0.01 0.1 1,"$(m) (ε=$(e))"))

@@ -315,6 +315,17 @@ class Results:
                 out[m] = (params, [_nanmean(acc[p]) for p in params])
         return out
 
+    def per_image(self, metric: str = "probability-change", stages: str = "s5", method: str = None,
+                  params: Sequence[str] = None) -> Dict[str, float]:
+        """``{image: value}`` of one method: the mean over ``params`` (default: all the image's rows, e.g. the
+        mean PC over the nine ratios), NaNs left out.  The unit of :func:`lidlib.metrics.bootstrap_mean`."""
+        acc = defaultdict(list)
+        want = None if params is None else {str(p) for p in params}
+        for r in self.select(metric, method, stages):
+            if want is None or r["param"] in want:
+                acc[r["image"]].append(r["value"])
+        return OrderedDict((k, _nanmean(v)) for k, v in acc.items())
+
     def count(self, metric: str = "probability-change", stages: str = "s5", method: str = None) -> int:
         """Number of images with rows for ``metric``/``stages`` (and ``method``)."""
         return len({r["image"] for r in self.select(metric, method, stages)})
@@ -575,8 +586,12 @@ def _image_set(source, samples: Sequence[Sample]) -> dict:
     for s in samples:
         crc = zlib.crc32(f"{s.name}|{s.target}|".encode("utf-8"), crc)
         crc = zlib.crc32(s.x.detach().cpu().float().contiguous().numpy().tobytes(), crc)
-    kind = (source if isinstance(source, str) else str(Path(source).expanduser().resolve())
-            if isinstance(source, os.PathLike) else "default" if source is None else type(source).__name__)
+    if isinstance(source, str) and source == EVAL_SET:
+        kind = EVAL_SET
+    elif isinstance(source, (str, os.PathLike)):
+        kind = str(Path(source).expanduser().resolve())
+    else:
+        kind = "default" if source is None else type(source).__name__
     return {"source": kind, "n_images": len(samples), "crc32": crc}
 
 
@@ -787,8 +802,8 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
                              "none: use the default source (composites) or lidlib.experiment.composite_samples")
     samples, targets = _validate_samples(samples, model)
     model_name = _model_name(model)
-    settings = _check_config(out_csv, _settings(cfg, model, source, all_samples, names))
     old_rows, complete, drop, truncated = _existing(out_csv, cfg, samples, targets, model_name)
+    settings = _check_config(out_csv, _settings(cfg, model, source, all_samples, names))
     # ---- everything is checked: from here on files are written ----
     _write_config(out_csv, settings, cfg, argv)
     if drop or truncated:

@@ -15,7 +15,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 
 __all__ = ["PHOTOS", "photo", "fit", "composite", "TwoObject", "two_object", "TWO_OBJECT_CLASSES",
-           "to_model_input", "check_input", "load_image", "load_folder", "IMAGE_SUFFIXES", "EVAL_PHOTOS"]
+           "to_model_input", "check_input", "load_image", "load_folder", "IMAGE_SUFFIXES", "EVAL_PHOTOS", "to_tensor"]
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "grace_hopper")
 #: the photos of the evaluation set (Ch. 12): the offline photos of scikit-image and matplotlib whose top-1
@@ -193,3 +193,7 @@ def load_folder(folder: Union[str, os.PathLike], model) -> torch.Tensor:
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return torch.cat([load_image(p, model) for p in files])
+
+
+#: any image (PIL, NumPy, tensor) as a float RGB (3, H, W) tensor in [0, 1]
+to_tensor = _to_tensor
