@@ -15,14 +15,21 @@ Fig. 9), ``minimal-patch`` (Fig. 11), ``robustness`` (Fig. 14, quantitative) and
 (two-object composites with known regions; beyond the paper).  Several metrics in one run share each
 (image, method) explanation.
 
-Source: the bundled photos (:data:`lidlib.images.PHOTOS`) and two-object composites (:func:`composites`) by
-default, with :func:`lidlib.models.imagenet` as the model; a folder of images
+Source: the evaluation set of Ch. 12 (``source=EVAL_SET``, command line ``--eval-set``: :func:`eval_samples`,
+210 two-object composites with known regions), or the bundled photos (:data:`lidlib.images.PHOTOS`) and
+two-object composites (:func:`composites`) by default, with :func:`lidlib.models.imagenet` as the model; a folder of images
 (:func:`lidlib.images.load_folder` conventions); a preprocessed batch; or a list of :class:`Sample`.  The
 target of an image is the model's top-1 class, except for the composites of ``class-discrimination``,
 which are explained once for each object's class (that object's top-1 class when shown alone).
 
 Output: a tidy CSV, one row per image × method × metric × heatmap × parameter, with the columns
 :data:`COLUMNS`; and a PNG figure of the mean curves (or bars) beside it.
+
+Configuration: every setting that changes a value (model, input size, fill, n_steps, seed, baseline, each
+method's ε, ratios, radii, a checksum of the image set) goes to ``<csv>.json`` (:func:`config_path`);
+resuming a CSV with other settings, or one without its configuration, raises ``ValueError``.
+:func:`verify_sample` recomputes a seeded random sample of a committed CSV and raises
+:class:`SampleMismatch` on any difference (the book runs it at every build).
 
 Resuming: every (image, method) is computed and written in one piece (one ``write``, flushed and synced),
 after all earlier pairs.  A rerun with the same ``out_csv`` reads what is there, keeps the complete
@@ -844,7 +851,7 @@ class SampleMismatch(ValueError):
 
 
 def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence[str] = None, seed: int = 0,
-                  atol: float = 1e-4, rtol: float = 1e-4) -> dict:
+                  atol: float = 1e-4, rtol: float = 1e-4, samples: Sequence[Sample] = None) -> dict:
     """Recompute a seeded random sample of the rows of a results CSV and raise :class:`SampleMismatch` if
     any value differs beyond ``atol + rtol·|value|``.
 
@@ -852,7 +859,8 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
     ``methods`` (default: all in the CSV) is recomputed with the settings of the CSV's configuration file
     (which must match ``model``, ``source`` and this lidlib: :func:`run`'s refusal rules apply).
     ``source``: the image source the CSV was made from (default: the one its configuration names, for the
-    evaluation set and the default source).  Returns ``{"images", "methods", "rows", "max_abs_diff"}``."""
+    evaluation set and the default source); ``samples``: that source already built (e.g. the list
+    :func:`eval_samples` returned), checked against the configuration's checksum all the same.  Returns ``{"images", "methods", "rows", "max_abs_diff"}``."""
     import random
     doc = read_config(path)
     st = doc["settings"]
@@ -868,7 +876,7 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
             source = EVAL_SET if kind == EVAL_SET else None
         metrics_ = doc["metrics"]
         per_object = "class-discrimination" in metrics_
-        samples = _resolve_source(source, model, per_object)
+        samples = _resolve_source(source, model, per_object) if samples is None else list(samples)
         fill = st["fill"]
         if isinstance(fill, dict):
             raise ValueError("verify_sample cannot rebuild a tensor fill; use fill 'reference', 'mean' or a number")

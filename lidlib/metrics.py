@@ -53,7 +53,7 @@ __all__ = ["RATIOS", "RADII", "SCALES", "Curve", "Robustness", "Discrimination",
            "removal_order", "removal_masks", "fill_values", "probabilities", "probability_change",
            "multiscale_probability_change", "patch_masks", "minimal_patch", "random_transforms", "jitter",
            "unjitter", "visible", "robustness", "class_discrimination", "Interval", "N_BOOT", "bootstrap_mean",
-           "paired_difference", "VERDICTS", "verdict", "combine_verdicts"]
+           "paired_difference", "VERDICTS", "MIN_IMAGES", "verdict", "combine_verdicts"]
 
 #: removal ratios of Fig. 8 / Table 4
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -517,12 +517,19 @@ def paired_difference(a: Dict[str, float], b: Dict[str, float], **kwargs) -> Int
 VERDICTS = ("agrees", "disagrees", "inconclusive")
 
 
-def verdict(interval: Interval, direction: int = 1) -> str:
+#: fewer images than this decide nothing (:func:`verdict`): a bootstrap of a handful of values is too narrow
+MIN_IMAGES = 10
+
+
+def verdict(interval: Interval, direction: int = 1, min_n: int = MIN_IMAGES) -> str:
     """Three-way verdict on a claim "the quantity is > 0" (``direction=+1``) or "< 0" (``-1``):
     ``"agrees"`` if the whole interval lies on the claimed side of 0, ``"disagrees"`` if it lies
-    wholly on the other side, ``"inconclusive"`` if it covers 0 (or is empty)."""
+    wholly on the other side, ``"inconclusive"`` if it covers 0, is empty, or rests on fewer than
+    ``min_n`` images (the percentile bootstrap of 3 values has only 10 distinct resamples)."""
     if direction not in (1, -1):
         raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+    if interval.n < min_n:
+        return "inconclusive"
     lo, hi = direction * interval.lo, direction * interval.hi
     lo, hi = min(lo, hi), max(lo, hi)
     if interval.n == 0 or math.isnan(lo) or math.isnan(hi):

@@ -258,6 +258,8 @@ def test_three_way_verdicts():
     assert M.verdict(I(0.1, -0.1, 0.3, 10)) == "inconclusive"
     assert M.verdict(I(-0.2, -0.3, -0.1, 10), direction=-1) == "agrees"
     assert M.verdict(I(0.2, 0.0, 0.3, 10)) == "inconclusive"           # touching 0 decides nothing
+    assert M.verdict(I(0.2, 0.1, 0.3, 9)) == "inconclusive"            # too few images decide nothing
+    assert M.verdict(I(0.2, 0.1, 0.3, 3), min_n=3) == "agrees"
     with pytest.raises(ValueError, match="direction"):
         M.verdict(I(0.2, 0.1, 0.3, 10), direction=0)
     assert M.combine_verdicts(["agrees", "agrees"]) == "agrees"
