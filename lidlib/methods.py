@@ -7,6 +7,11 @@
 ``Method(name, top, rule, increment)`` builds any cell, not only the named ones::
 
     Method("SIG-LRP-IG", top="SIG", rule=rules.IG, increment=False)
+
+The named LRP-family methods run as in the paper's experiments: LRP-0 (or z⁺) fused with LRP-ε,
+ε = 1e-9 at conv/linear/max-pool, no message where ``|z| ≤ ε`` (:func:`lidlib.rules.lrp_epsilon`).
+``METHODS["SG-LRP-0"].with_eps(0.01)`` (also by name: ``"SG-LRP-0 (ε=0.01)"``) gives another ε;
+:data:`LRP0_EXACT` (ε = 0) is exact LRP-0, gradient × input.
 """
 from __future__ import annotations
 
