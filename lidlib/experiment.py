@@ -15,14 +15,21 @@ Fig. 9), ``minimal-patch`` (Fig. 11), ``robustness`` (Fig. 14, quantitative) and
 (two-object composites with known regions; beyond the paper).  Several metrics in one run share each
 (image, method) explanation.
 
-Source: the bundled photos (:data:`lidlib.images.PHOTOS`) and two-object composites (:func:`composites`) by
-default, with :func:`lidlib.models.imagenet` as the model; a folder of images
+Source: the evaluation set of Ch. 12 (``source=EVAL_SET``, command line ``--eval-set``: :func:`eval_samples`,
+210 two-object composites with known regions), or the bundled photos (:data:`lidlib.images.PHOTOS`) and
+two-object composites (:func:`composites`) by default, with :func:`lidlib.models.imagenet` as the model; a folder of images
 (:func:`lidlib.images.load_folder` conventions); a preprocessed batch; or a list of :class:`Sample`.  The
 target of an image is the model's top-1 class, except for the composites of ``class-discrimination``,
 which are explained once for each object's class (that object's top-1 class when shown alone).
 
 Output: a tidy CSV, one row per image × method × metric × heatmap × parameter, with the columns
 :data:`COLUMNS`; and a PNG figure of the mean curves (or bars) beside it.
+
+Configuration: every setting that changes a value (model, input size, fill, n_steps, seed, baseline, each
+method's ε, ratios, radii, a checksum of the image set) goes to ``<csv>.json`` (:func:`config_path`);
+resuming a CSV with other settings, or one without its configuration, raises ``ValueError``.
+:func:`verify_sample` recomputes a seeded random sample of a committed CSV and raises
+:class:`SampleMismatch` on any difference (the book runs it at every build).
 
 Resuming: every (image, method) is computed and written in one piece (one ``write``, flushed and synced),
 after all earlier pairs.  A rerun with the same ``out_csv`` reads what is there, keeps the complete
@@ -38,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import numbers
 import os
@@ -51,10 +59,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import metrics as M
+from .methods import get_method
 
 __all__ = ["COLUMNS", "METRICS", "Sample", "Composite", "Results", "run", "read_results", "composites",
            "photo_samples", "composite_samples", "default_source", "folder_samples", "plot_metric", "main",
-           "LAYOUTS", "PAIRS"]
+           "LAYOUTS", "PAIRS", "EVAL_LAYOUTS", "EVAL_SET", "eval_samples", "config_path", "read_config",
+           "check_writable", "verify_sample", "SampleMismatch"]
 
 #: the CSV's columns, in order
 COLUMNS = ("image", "target", "model", "method", "metric", "stages", "param", "value")
@@ -72,6 +82,10 @@ METRICS = OrderedDict([
 PAIRS = (("coffee", "chelsea"), ("rocket", "grace_hopper"))
 #: composite layouts: where object A and object B go
 LAYOUTS = ("halves", "swapped", "stacked", "small")
+#: layouts of the evaluation set (:func:`eval_samples`); A is the target, B the other object
+EVAL_LAYOUTS = ("halves", "stacked", "small", "small-target", "stacked-small", "stacked-small-target", "inset")
+#: the name of the evaluation set as a ``source`` of :func:`run` (command line: ``--eval-set``)
+EVAL_SET = "eval-set"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -132,6 +146,23 @@ def _layout_image(a: torch.Tensor, b: torch.Tensor, layout: str, size: int, back
         ma = _place(canvas, a, 0, 0, size, half)
         s = (3 * size) // 8
         mb = _place(canvas, b, (size - s) // 2, half + (rest - s) // 2, s, s)
+    elif layout == "small-target":   # A shrunk into a box in the left half, B the right half
+        s = (3 * size) // 8
+        ma = _place(canvas, a, (size - s) // 2, (half - s) // 2, s, s)
+        mb = _place(canvas, b, 0, half, size, rest)
+    elif layout == "stacked-small":  # A the top half, B shrunk into a box in the bottom half
+        s = (3 * size) // 8
+        ma = _place(canvas, a, 0, 0, half, size)
+        mb = _place(canvas, b, half + (rest - s) // 2, (size - s) // 2, s, s)
+    elif layout == "stacked-small-target":
+        s = (3 * size) // 8
+        ma = _place(canvas, a, (half - s) // 2, (size - s) // 2, s, s)
+        mb = _place(canvas, b, half, 0, rest, size)
+    elif layout == "inset":          # A fills the canvas, B an inset (3/8 of the side) in the top-right corner
+        s = (3 * size) // 8
+        ma = _place(canvas, a, 0, 0, size, size)
+        mb = _place(canvas, b, 0, size - s, s, s)
+        ma = ma & ~mb
     else:
         raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     return canvas, (ma, mb)
@@ -157,6 +188,32 @@ def composites(model, pairs: Sequence[Tuple[str, str]] = PAIRS, layouts: Sequenc
         for layout in layouts:
             img, masks = _layout_image(a, b, layout, size, background)
             out.append(Composite(f"{a_name}+{b_name}/{layout}", img, (ca, cb), masks, (a_name, b_name)))
+    return out
+
+
+def eval_samples(model, photos: Sequence[str] = None, layouts: Sequence[str] = EVAL_LAYOUTS,
+                 background: float = 0.5) -> List[Sample]:
+    """The evaluation set of Ch. 12: for every ORDERED pair (a, b) of distinct photos of
+    :data:`lidlib.images.EVAL_PHOTOS` and every layout of :data:`EVAL_LAYOUTS`, one composite whose target
+    is a's class (a's top-1 when shown alone), ``region`` a's box and ``other`` b's box.  Every image is
+    different (a|b and b|a are two images), and each has one target: 6 photos × 5 others × 7 layouts =
+    210 images with known regions.  Ordered layout-major: the first 30 are every pair in ``"halves"``."""
+    from . import images
+    photos = tuple(photos or images.EVAL_PHOTOS)
+    size = getattr(model, "input_size", 224)
+    pics = {n: images.photo(n) for n in photos}
+    cls = {n: _top1(model, images.to_model_input(p, model)) for n, p in pics.items()}
+    dup = [(a, b) for a in photos for b in photos if a < b and cls[a] == cls[b]]
+    if dup:
+        raise ValueError(f"photos {dup[0]} have the same top-1 class ({cls[dup[0][0]]}): drop one")
+    out = []
+    for layout in layouts:
+        for a in photos:
+            for b in photos:
+                if a == b:
+                    continue
+                img, (ma, mb) = _layout_image(pics[a], pics[b], layout, size, background)
+                out.append(Sample(f"{a}+{b}/{layout}", model.preprocess(img)[None], int(cls[a]), img, ma, mb))
     return out
 
 
@@ -264,6 +321,17 @@ class Results:
                 params = sorted(acc, key=_param_key)
                 out[m] = (params, [_nanmean(acc[p]) for p in params])
         return out
+
+    def per_image(self, metric: str = "probability-change", stages: str = "s5", method: str = None,
+                  params: Sequence[str] = None) -> Dict[str, float]:
+        """``{image: value}`` of one method: the mean over ``params`` (default: all the image's rows, e.g. the
+        mean PC over the nine ratios), NaNs left out.  The unit of :func:`lidlib.metrics.bootstrap_mean`."""
+        acc = defaultdict(list)
+        want = None if params is None else {str(p) for p in params}
+        for r in self.select(metric, method, stages):
+            if want is None or r["param"] in want:
+                acc[r["image"]].append(r["value"])
+        return OrderedDict((k, _nanmean(v)) for k, v in acc.items())
 
     def count(self, metric: str = "probability-change", stages: str = "s5", method: str = None) -> int:
         """Number of images with rows for ``metric``/``stages`` (and ``method``)."""
@@ -388,11 +456,16 @@ def _check_methods(methods, metrics_, stages, model):
     names = []
     for m in methods:
         name = m if isinstance(m, str) else getattr(m, "name", None)
-        if name not in lidlib.METHODS:
-            raise ValueError(f"unknown method {m!r}; valid methods are: {', '.join(lidlib.METHODS)}")
+        try:
+            get_method(name)
+        except ValueError:
+            raise ValueError(f"unknown method {m!r}; valid methods are: {', '.join(lidlib.METHODS)} "
+                             "(LRP family with another ε: e.g. 'SG-LRP-0 (ε=0.01)')") from None
         names.append(name)
     if len(set(names)) != len(names):
         raise ValueError(f"methods listed twice: {names}")
+    if model is None:
+        return names
     model_stages = set(getattr(model, "stages", None) or {})
     for metric, specs in stages.items():
         for s in specs:
@@ -414,6 +487,8 @@ def _check_methods(methods, metrics_, stages, model):
 def _resolve_source(source, model, per_object: bool) -> List[Sample]:
     if source is None:
         return default_source(model, per_object=per_object)
+    if isinstance(source, str) and source == EVAL_SET:
+        return eval_samples(model)
     if isinstance(source, (str, os.PathLike)):
         return folder_samples(source, model)
     if isinstance(source, torch.Tensor):
@@ -500,6 +575,108 @@ def _existing(path: Path, cfg: _Config, samples, targets, model_name):
     return rows, complete, drop, truncated
 
 
+def config_path(out_csv) -> Path:
+    """Where the configuration of a results CSV is kept: ``<csv>.json`` beside it."""
+    return Path(out_csv).with_suffix(".json")
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return {"tensor": list(t.shape), "crc32": zlib.crc32(t.numpy().tobytes())}
+    return value
+
+
+def _image_set(source, samples: Sequence[Sample]) -> dict:
+    """What identifies the image set: its kind, its size and a checksum of every name, target and input."""
+    crc = 0
+    for s in samples:
+        crc = zlib.crc32(f"{s.name}|{s.target}|".encode("utf-8"), crc)
+        crc = zlib.crc32(s.x.detach().cpu().float().contiguous().numpy().tobytes(), crc)
+    if isinstance(source, str) and source == EVAL_SET:
+        kind = EVAL_SET
+    elif isinstance(source, (str, os.PathLike)):
+        kind = str(Path(source).expanduser().resolve())
+    else:
+        kind = "default" if source is None else type(source).__name__
+    return {"source": kind, "n_images": len(samples), "crc32": crc}
+
+
+def _settings(cfg: "_Config", model, source, samples, methods) -> dict:
+    """Every setting that changes a value in the CSV (the configuration file's ``settings``)."""
+    import lidlib
+    rules = {}
+    for m in methods:
+        meth = get_method(m)
+        rule = getattr(meth, "rule", None)
+        rules[m] = (None if rule is None else {"top": meth.top, "rule": rule.name, "eps": rule.eps,
+                                               "cutoff": rule.cutoff, "increment": meth.increment})
+    return {"model": _model_name(model), "model_source": str(getattr(model, "source", "")),
+            "input_size": int(getattr(model, "input_size", 0) or 0), "fill": _describe(cfg.fill),
+            "n_steps": cfg.n_steps, "seed": cfg.seed, "baseline": "zeros" if cfg.baseline is None else
+            _describe(cfg.baseline), "ratios": list(cfg.ratios), "radii": list(cfg.radii),
+            "n_copies": cfg.n_copies, "max_shift": cfg.max_shift, "scale": list(cfg.scale),
+            "image_set": _image_set(source, samples), "methods": rules}
+
+
+def _check_config(path: Path, settings: dict) -> dict:
+    """The configuration to write: ``settings`` if the CSV is new; refuse a CSV made with other settings."""
+    import json
+    cpath = config_path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return settings
+    if not cpath.exists():
+        raise ValueError(f"{path} exists but has no configuration file {cpath.name}: its settings are unknown, "
+                         "so it cannot be resumed; write to another file (or delete it)")
+    old = json.loads(cpath.read_text(encoding="utf-8")).get("settings", {})
+    diff = []
+    for k, v in settings.items():
+        if k == "methods":
+            diff += [f"method {m}: {old.get('methods', {}).get(m)} != {r}" for m, r in v.items()
+                     if m in old.get("methods", {}) and old["methods"][m] != r]
+        elif json.loads(json.dumps(v)) != old.get(k):
+            diff.append(f"{k}: {old.get(k)!r} in the file, {v!r} now")
+    if diff:
+        raise ValueError(f"{path} was made with other settings; resuming would mix results ({'; '.join(diff)}). "
+                         "Rerun with the same settings or write to another file")
+    merged = dict(settings)
+    merged["methods"] = {**old.get("methods", {}), **settings["methods"]}
+    return merged
+
+
+def _write_config(path: Path, settings: dict, cfg: "_Config", argv=None) -> None:
+    import json
+    import lidlib
+    cpath = config_path(path)
+    doc = {"settings": settings, "metrics": cfg.metrics, "stages": cfg.stages,
+           "lidlib": getattr(lidlib, "__version__", ""), "torch": torch.__version__,
+           "command": list(argv) if argv is not None else None}
+    tmp = cpath.with_name(cpath.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, cpath)
+
+
+def check_writable(out_csv) -> Path:
+    """Refuse an output file that cannot be written (missing, read-only or unwritable folder) before any work."""
+    out_csv = Path(out_csv).expanduser()
+    if out_csv.is_dir():
+        raise ValueError(f"{out_csv} is a folder; give a .csv file name")
+    folder = out_csv.parent
+    if not folder.is_dir():
+        raise ValueError(f"the folder of {out_csv} does not exist: create it first")
+    for f in (out_csv, config_path(out_csv)):
+        if f.exists() and not os.access(f, os.W_OK):
+            raise ValueError(f"{f} is read-only: make it writable or write to another file")
+    probe = folder / f".lidlib-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to the folder {folder} ({e.strerror or e}): choose a writable output folder") \
+            from None
+    return out_csv
+
+
 def _write_rows(path: Path, rows: List[dict], header: bool, mode: str = "a") -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -566,7 +743,8 @@ def _model_name(model) -> str:
 def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, model=None, *, n_steps: Optional[int] = 10,
         stages=None, ratios: Sequence[float] = M.RATIOS, radii: Sequence[int] = M.RADII, fill="reference",
         n_copies: int = 4, max_shift: float = 0.1, scale: Tuple[float, float] = (0.9, 1.1), baseline=None,
-        figure: Union[bool, str, os.PathLike] = True, progress: bool = True, limit: Optional[int] = None) -> Results:
+        figure: Union[bool, str, os.PathLike] = True, progress: bool = True, limit: Optional[int] = None,
+        argv: Optional[Sequence[str]] = None) -> Results:
     """Run ``metric`` (a name of :data:`METRICS` or a list of them) for ``methods`` over ``source``; write ``out_csv``.
 
     ``source``: None (photos + composites, or the composites once per object for ``class-discrimination``), a
@@ -578,6 +756,10 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     ``max_shift``, ``scale``: :func:`~lidlib.metrics.robustness`.  ``figure``: True for ``out_csv`` with ``.png``
     (one PNG per metric, ``<stem>-<metric>.png`` when there are several), a path, or False.  ``limit``: only
     the first ``limit`` images.  Returns the :class:`Results` of the whole CSV.
+
+    The settings (model, input size, fill, n_steps, seed, baseline, each method's ε, ratios, radii, the
+    image set's checksum, …) are written to ``<csv>.json`` (:func:`config_path`); resuming a CSV made with
+    other settings raises ``ValueError``, as does an output folder that cannot be written (before any work).
     """
     metrics_ = [metric] if isinstance(metric, str) else list(metric)
     if not metrics_:
@@ -601,11 +783,8 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
             raise ValueError(f"radii must be integers >= 0, got {r!r}")
     if isinstance(fill, str) and fill not in ("reference", "mean"):
         raise ValueError(f"fill must be 'reference', 'mean', a number or a tensor, got {fill!r}")
-    out_csv = Path(out_csv).expanduser()
-    if out_csv.is_dir():
-        raise ValueError(f"{out_csv} is a folder; give a .csv file name")
-    if not out_csv.parent.is_dir():
-        raise ValueError(f"the folder of {out_csv} does not exist")
+    out_csv = check_writable(out_csv)
+    _check_methods(methods, metrics_, {}, None)            # names only, before the model is loaded
     st = {m: _stage_list(stages, M.SCALES if m == "multiscale" else ["s5"]) for m in metrics_}
     if model is None:
         from .models import imagenet
@@ -618,6 +797,7 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     cfg.groups = _expected_groups(cfg)
     per_object = "class-discrimination" in metrics_
     samples = _resolve_source(source, model, per_object)
+    all_samples = samples
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
             raise ValueError(f"limit must be None or an integer >= 1, got {limit!r}")
@@ -630,7 +810,9 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     samples, targets = _validate_samples(samples, model)
     model_name = _model_name(model)
     old_rows, complete, drop, truncated = _existing(out_csv, cfg, samples, targets, model_name)
+    settings = _check_config(out_csv, _settings(cfg, model, source, all_samples, names))
     # ---- everything is checked: from here on files are written ----
+    _write_config(out_csv, settings, cfg, argv)
     if drop or truncated:
         kept = [r for r in old_rows if (r["image"], r["method"], r["metric"], r["stages"]) not in drop]
         _rewrite(out_csv, kept)
@@ -653,6 +835,94 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     if figure:
         res.figures = _save_figures(res, cfg, out_csv, figure, [s.name for s in samples])
     return res
+
+
+def read_config(path) -> dict:
+    """The configuration file of a results CSV (:func:`config_path`), as a dict."""
+    import json
+    cpath = config_path(path)
+    if not cpath.exists():
+        raise ValueError(f"{path} has no configuration file {cpath.name}")
+    return json.loads(cpath.read_text(encoding="utf-8"))
+
+
+class SampleMismatch(ValueError):
+    """A committed result that a recomputation does not reproduce."""
+
+
+def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence[str] = None, seed: int = 0,
+                  atol: float = 1e-4, rtol: float = 1e-4, samples: Sequence[Sample] = None) -> dict:
+    """Recompute a seeded random sample of the rows of a results CSV and raise :class:`SampleMismatch` if
+    any value differs beyond ``atol + rtol·|value|``.
+
+    ``n_images`` images are drawn (seeded by ``seed``) from those in the CSV; for each, every method of
+    ``methods`` (default: all in the CSV) is recomputed with the settings of the CSV's configuration file
+    (which must match ``model``, ``source`` and this lidlib: :func:`run`'s refusal rules apply).
+    ``source``: the image source the CSV was made from (default: the one its configuration names, for the
+    evaluation set and the default source); ``samples``: that source already built (e.g. the list
+    :func:`eval_samples` returned), checked against the configuration's checksum all the same.  Returns ``{"images", "methods", "rows", "max_abs_diff"}``."""
+    import random
+    doc = read_config(path)
+    st = doc["settings"]
+    res = read_results(path)
+    old_size = getattr(model, "input_size", None)
+    try:
+        if st.get("input_size"):
+            model.input_size = int(st["input_size"])
+        if source is None:
+            kind = st["image_set"]["source"]
+            if kind not in (EVAL_SET, "default"):
+                raise ValueError(f"{path} was made from {kind!r}: pass that source to verify_sample")
+            source = EVAL_SET if kind == EVAL_SET else None
+        metrics_ = doc["metrics"]
+        per_object = "class-discrimination" in metrics_
+        samples = _resolve_source(source, model, per_object) if samples is None else list(samples)
+        fill = st["fill"]
+        if isinstance(fill, dict):
+            raise ValueError("verify_sample cannot rebuild a tensor fill; use fill 'reference', 'mean' or a number")
+        if st["baseline"] != "zeros":
+            raise ValueError("verify_sample cannot rebuild a tensor baseline")
+        cfg = _Config(metrics_, [], {m: list(v) for m, v in doc["stages"].items()}, tuple(st["ratios"]),
+                      tuple(st["radii"]), fill, int(st["n_copies"]), float(st["max_shift"]), tuple(st["scale"]),
+                      st["n_steps"], None, int(st["seed"]))
+        cfg.groups = _expected_groups(cfg)
+        settings = _settings(cfg, model, source, samples, [m for m in st["methods"]])
+        for k in ("model", "input_size", "image_set"):
+            if json.loads(json.dumps(settings[k])) != st[k]:
+                raise SampleMismatch(f"{path}: {k} is {st[k]!r} in its configuration but {settings[k]!r} here")
+        by_name = {s.name: s for s in samples}
+        in_csv = [n for n in res.images() if n in by_name]
+        picked = random.Random(seed).sample(in_csv, min(n_images, len(in_csv)))
+        methods = list(methods or res.methods())
+        samples_, targets = _validate_samples([by_name[n] for n in picked], model)
+        checked, worst = 0, 0.0
+        for smp, t in zip(samples_, targets):
+            for m in methods:
+                old = {(r["metric"], r["stages"], r["param"]): r["value"] for r in res.select(image=smp.name, method=m)}
+                if not old:
+                    continue
+                groups = [g for g in cfg.groups if any((g[1], g[2]) == k[:2] for k in old)]
+                for r in _compute(model, smp, t, m, groups, cfg):
+                    key = (r["metric"], r["stages"], r["param"])
+                    if key not in old:
+                        continue
+                    a, b = old[key], float(r["value"])
+                    if math.isnan(a) and math.isnan(b):
+                        checked += 1
+                        continue
+                    d = abs(a - b)
+                    if not d <= atol + rtol * abs(a):
+                        raise SampleMismatch(f"{path}: {smp.name} / {m} / {key[0]} {key[1]} {key[2]}: the file says "
+                                             f"{a!r}, a recomputation gives {b!r}; the committed results are stale or "
+                                             "altered: rerun the evaluation (make eval)")
+                    worst = max(worst, d)
+                    checked += 1
+        if checked == 0:
+            raise SampleMismatch(f"{path}: no row could be recomputed (no matching images or methods)")
+        return {"images": picked, "methods": methods, "rows": checked, "max_abs_diff": worst}
+    finally:
+        if old_size is not None:
+            model.input_size = old_size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -741,6 +1011,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", required=True, metavar="NAME",
                    help=f"method names, or 'all' (all but ScoreCAM): {', '.join(lidlib.METHODS)}")
     p.add_argument("--images", metavar="DIR", help="image folder (default: bundled photos and composites)")
+    p.add_argument("--eval-set", action="store_true",
+                   help="the evaluation set of Ch. 12 (210 two-object composites with known regions)")
+    p.add_argument("--size", type=int, default=None, metavar="S",
+                   help="input side in pixels (default: the model's, 224); images are resized to it")
     p.add_argument("--out", default="results.csv", metavar="CSV", help="output CSV (resumed if it exists)")
     p.add_argument("--figure", default=None, metavar="PNG", help="figure path (default: next to the CSV); 'none' for none")
     p.add_argument("--weights", metavar="PTH", help="VGG-16 ImageNet state dict (default: lidlib.models.imagenet())")
@@ -774,20 +1048,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: --fill must be 'reference', 'mean' or a number, got {fill!r}", file=sys.stderr)
             return 2
     figure = True if args.figure is None else (False if args.figure.lower() == "none" else args.figure)
+    # ---- everything that does not need the model is checked before it is loaded ----
+    errors = []
+    if args.n_steps < 1:
+        errors.append(f"--n-steps must be >= 1, got {args.n_steps}")
+    if args.size is not None and args.size < 32:
+        errors.append(f"--size must be >= 32 pixels, got {args.size}")
+    if args.images and args.eval_set:
+        errors.append("give --images DIR or --eval-set, not both")
+    try:
+        _check_methods(methods, args.metric, {}, None)
+        check_writable(args.out)
+    except ValueError as e:
+        errors.append(str(e))
+    if errors:
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.threads is not None:
         if args.threads < 1:
             print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
     try:
-        model = None
-        if args.weights:
-            from .models import imagenet
-            model = imagenet(args.weights)
-        res = run(args.metric, methods, args.images, args.out, args.seed, model, n_steps=args.n_steps,
+        from .models import imagenet
+        model = imagenet(args.weights)
+        if args.size is not None:
+            model.input_size = int(args.size)          # our own model: every image is resized to it
+        source = EVAL_SET if args.eval_set else args.images
+        res = run(args.metric, methods, source, args.out, args.seed, model, n_steps=args.n_steps,
                   stages=args.stages, ratios=args.ratios, radii=args.radii, fill=fill, n_copies=args.copies,
                   max_shift=args.max_shift, scale=tuple(args.scale), figure=figure,
-                  progress=not args.no_progress, limit=args.limit)
+                  progress=not args.no_progress, limit=args.limit,
+                  argv=["python", "-m", "lidlib.experiment"] + list(argv if argv is not None else sys.argv[1:]))
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,9 +15,17 @@ import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 
 __all__ = ["PHOTOS", "photo", "fit", "composite", "TwoObject", "two_object", "TWO_OBJECT_CLASSES",
-           "to_model_input", "check_input", "load_image", "load_folder", "IMAGE_SUFFIXES"]
+           "to_model_input", "check_input", "load_image", "load_folder", "IMAGE_SUFFIXES", "EVAL_PHOTOS", "to_tensor"]
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "grace_hopper")
+#: the photos of the evaluation set (Ch. 12): the offline photos of scikit-image and matplotlib whose top-1
+#: class on EfficientNet-Lite0 is a sensible ImageNet class for what they show (Egyptian cat, espresso,
+#: missile, military uniform, tripod (the cameraman's), moped).  Left out: astronaut (bobsled), horse (a
+#: silhouette: Great Dane), clock (bubble), hubble_deep_field (bubble), coins (golf ball), the backpack
+#: (can opener).  scikit-learn's china.jpg (palace) and flower.jpg (daisy) would do too but need
+#: scikit-learn, which the book does not require; ``photo("china")`` loads them where it is installed.
+EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "grace_hopper", "camera", "stereo_motorcycle")
+_SKLEARN = {"china": "china.jpg", "flower": "flower.jpg"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # ImageNet classes of the bundled two-object image: Egyptian cat (right half), espresso (left half)
 TWO_OBJECT_CLASSES = (285, 967)
@@ -67,14 +75,20 @@ def _to_tensor(img) -> torch.Tensor:
 
 
 def photo(name: str) -> torch.Tensor:
-    """A real photo bundled with scikit-image or matplotlib, as (3,H,W) in [0, 1]; ``name`` in :data:`PHOTOS`."""
+    """A real photo bundled with scikit-image, matplotlib or scikit-learn, as (3,H,W) in [0, 1]; ``name`` in
+    :data:`PHOTOS` or :data:`EVAL_PHOTOS`."""
     if name == "grace_hopper":
         import matplotlib
         return _to_tensor(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
-    if name not in PHOTOS:
-        raise ValueError(f"unknown photo {name!r}; choose one of {PHOTOS}")
+    known = tuple(dict.fromkeys(PHOTOS + EVAL_PHOTOS + tuple(_SKLEARN)))
+    if name not in known:
+        raise ValueError(f"unknown photo {name!r}; choose one of {known}")
+    if name in _SKLEARN:
+        from sklearn.datasets import load_sample_image
+        return _to_tensor(load_sample_image(_SKLEARN[name]))
     import skimage.data
-    return _to_tensor(getattr(skimage.data, name)())
+    img = getattr(skimage.data, name)()
+    return _to_tensor(img[0] if isinstance(img, tuple) else img)     # stereo_motorcycle: (left, right, disparity)
 
 
 def fit(img: torch.Tensor, size: int = 224) -> torch.Tensor:
@@ -179,3 +193,7 @@ def load_folder(folder: Union[str, os.PathLike], model) -> torch.Tensor:
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return torch.cat([load_image(p, model) for p in files])
+
+
+#: any image (PIL, NumPy, tensor) as a float RGB (3, H, W) tensor in [0, 1]
+to_tensor = _to_tensor

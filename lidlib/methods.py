@@ -7,6 +7,11 @@
 ``Method(name, top, rule, increment)`` builds any cell, not only the named ones::
 
     Method("SIG-LRP-IG", top="SIG", rule=rules.IG, increment=False)
+
+The named LRP-family methods run as in the paper's experiments: LRP-0 (or z⁺) fused with LRP-ε,
+ε = 1e-9 at conv/linear/max-pool, no message where ``|z| ≤ ε`` (:func:`lidlib.rules.lrp_epsilon`).
+``METHODS["SG-LRP-0"].with_eps(0.01)`` (also by name: ``"SG-LRP-0 (ε=0.01)"``) gives another ε;
+:data:`LRP0_EXACT` (ε = 0) is exact LRP-0, gradient × input.
 """
 from __future__ import annotations
 
@@ -31,14 +36,23 @@ class Method:
         if not isinstance(self.rule, Rule):
             raise TypeError(f"Method.rule must be a lidlib.rules.Rule, got {type(self.rule).__name__}")
 
+    def with_eps(self, eps: float) -> "Method":
+        """The same method of the LRP family with ε = ``eps`` (:func:`lidlib.rules.lrp_epsilon`), named
+        ``"<name> (ε=<eps>)"``; ``eps = 0`` is the exact rule (LRP-0 = gradient × input)."""
+        if self.increment or self.rule.elementwise != "D̄exact" or self.rule.maxpool not in ("D", "ε"):
+            raise ValueError(f"{self.name} is not of the LRP family; ε applies to LRP-0 / LRP-ZP methods")
+        base = rules.ZPLUS if self.rule.linear == "z+" else rules.LRP0
+        return Method(f"{self.name} (ε={eps:g})", self.top, rules.lrp_epsilon(eps, base), self.increment)
+
 
 _PANORAMA = [
     # LRP family (no reference: ΔY = Y)
-    Method("LRP-0", "logit", rules.LRP0, increment=False),            # Eq. 4–5, 18
-    Method("SG-LRP-0", "SG", rules.LRP0, increment=False),            # Eq. 10 + LRP-0
-    Method("SG-LRP-ZP", "SG", rules.ZPLUS, increment=False),          # Eq. 10 + z⁺ (Eq. 9)
-    Method("ST-LRP-0", "ST", rules.LRP0, increment=False),            # Sec. 3.1, ΔZ = Z
-    Method("SIG-LRP-0", "SIG", rules.LRP0, increment=False),          # Sec. 3.3, path 0 → Z
+    # (as the paper ran them: LRP-0 fused with LRP-ε, ε = 1e-9 at conv/linear/max-pool; .with_eps(0): exact)
+    Method("LRP-0", "logit", rules.LRP0_PAPER, increment=False),            # Eq. 4–5, 18
+    Method("SG-LRP-0", "SG", rules.LRP0_PAPER, increment=False),            # Eq. 10 + LRP-0
+    Method("SG-LRP-ZP", "SG", rules.ZPLUS_PAPER, increment=False),          # Eq. 10 + z⁺ (Eq. 9)
+    Method("ST-LRP-0", "ST", rules.LRP0_PAPER, increment=False),            # Sec. 3.1, ΔZ = Z
+    Method("SIG-LRP-0", "SIG", rules.LRP0_PAPER, increment=False),          # Sec. 3.3, path 0 → Z
     # increment family (reference X̂)
     Method("DeepLIFT", "logit", rules.RESCALE, increment=True),       # Eq. 6–7, Rescale
     Method("LID-Taylor", "logit", rules.TAYLOR, increment=True),      # Eq. 12–17
@@ -60,6 +74,8 @@ _BASELINES = [Baseline("IG", True), Baseline("GradCAM", False), Baseline("LayerC
 
 #: the paper's named methods, by the paper's names: the panorama, then the baselines
 METHODS: dict = {m.name: m for m in _PANORAMA + _BASELINES}
+#: exact LRP-0 (ε = 0, gradient × input), the limit the book's derivations use
+LRP0_EXACT = Method("LRP-0 (ε=0)", "logit", rules.LRP0, increment=False)
 
 
 def get_method(method):
@@ -68,5 +84,12 @@ def get_method(method):
         return method
     if isinstance(method, str) and method in METHODS:
         return METHODS[method]
+    if isinstance(method, str) and method.endswith(")") and " (ε=" in method:   # e.g. "SG-LRP-0 (ε=0.01)"
+        base, _, eps = method[:-1].rpartition(" (ε=")
+        if base in METHODS:
+            try:
+                return METHODS[base].with_eps(float(eps))
+            except ValueError as e:
+                raise ValueError(f"unknown method {method!r}: {e}") from None
     raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(METHODS)} "
                      "(or build one with lidlib.Method(name, top, rule, increment))")

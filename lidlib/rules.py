@@ -50,38 +50,77 @@ MIXING = WEIGHTED + (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1
 class Rule:
     """A middle rule: one choice of Jacobian per kind of layer (Table 1 and Table 3).
 
-    ``elementwise`` and ``maxpool``: ``"D"`` (local Jacobian), ``"D̄"`` (path average with the
-    explanation's ``n_steps``) or ``"D̄exact"`` (the closed-form path average whatever ``n_steps``).
-    ``linear``: ``"W"`` (the layer's own Jacobian), ``"z+"`` (Eq. 9) or ``"ε"`` (LRP-ε with ``eps``).
+    ``elementwise``: ``"D"`` (local Jacobian), ``"D̄"`` (path average with the explanation's
+    ``n_steps``) or ``"D̄exact"`` (the closed-form path average whatever ``n_steps``).
+    ``maxpool``: the same, or ``"ε"`` (winner-take-all with the LRP-ε denominator ``z + ε·sign z``).
+    ``linear``: ``"W"`` (the layer's own Jacobian), ``"z+"`` (Eq. 9) or ``"ε"`` (LRP-ε, Eq. 5 with
+    ``Y_j + ε·sign Y_j``).  ``eps``: the ε of those denominators and of the SG top's division by
+    ``ΔZ`` (:func:`lidlib.top.top_relevance`).  ``cutoff``: send no message where ``|z| ≤ ε`` (the
+    first author's code does; :func:`lrp_epsilon`).
     """
     name: str
     elementwise: str = "D"
     maxpool: str = "D"
     linear: str = "W"
     eps: float = 1e-9
+    cutoff: bool = False
 
     def __post_init__(self):
-        for field, ok in (("elementwise", ("D", "D̄", "D̄exact")), ("maxpool", ("D", "D̄", "D̄exact")),
+        for field, ok in (("elementwise", ("D", "D̄", "D̄exact")), ("maxpool", ("D", "D̄", "D̄exact", "ε")),
                           ("linear", ("W", "z+", "ε"))):
             if getattr(self, field) not in ok:
                 raise ValueError(f"Rule.{field} must be one of {ok}, got {getattr(self, field)!r}")
+        if not isinstance(self.eps, (int, float)) or isinstance(self.eps, bool) or not self.eps >= 0:
+            raise ValueError(f"Rule.eps must be a number >= 0, got {self.eps!r}")
 
 
 #: LID-Taylor's rule: the local Jacobian D^l everywhere (Eq. 12–15)
 TAYLOR = Rule("Taylor")
 #: LID-IG's rule: the path-averaged Jacobian D̄^l at every non-linear layer (Eq. 19–23)
 IG = Rule("IG", elementwise="D̄", maxpool="D̄")
-#: LRP-0 (Eq. 5): W at conv/linear, pass at activations, winner-take-all at max-pool.
-#: DeepLIFT (Eq. 7) is the same rule with an increment: Rescale = the exact secant slope.
+#: exact LRP-0 (Eq. 5, the ε → 0 limit): W at conv/linear, pass at activations, winner-take-all at
+#: max-pool — gradient × input exactly.  The book's derivations use it; the paper's runs use
+#: :data:`LRP0_PAPER`.  DeepLIFT (Eq. 7) is the same rule with an increment: Rescale = the exact secant slope.
 LRP0 = Rule("LRP-0", elementwise="D̄exact", maxpool="D")
+LRP0_EXACT = LRP0
 RESCALE = Rule("Rescale", elementwise="D̄exact", maxpool="D")
 #: the z⁺ rule of DTD / LRP-ZP at conv/linear layers (Eq. 9), pass and WTA elsewhere
 ZPLUS = Rule("z+", elementwise="D̄exact", maxpool="D", linear="z+")
+
+#: the ε of the paper's experiments (the first author's public code): 1e-9
+PAPER_EPS = 1e-9
 
 
 def epsilon(eps: float) -> Rule:
     """LRP-ε: Eq. (5) with the denominator ``Y_j + ε·sign(Y_j)`` at conv/linear layers."""
     return Rule(f"ε={eps:g}", elementwise="D̄exact", maxpool="D", linear="ε", eps=eps)
+
+
+def lrp_epsilon(eps: float = PAPER_EPS, base: Rule = LRP0) -> Rule:
+    """The LRP family as the paper ran it: ``base`` (:data:`LRP0` or :data:`ZPLUS`) with the
+    denominators ``z + ε·sign z`` at conv, linear (and BatchNorm / average-pool) and max-pool layers,
+    and no message where ``|z| ≤ ε`` (z⁺ rule: where ``z⁺ ≤ ε``).  ``eps = 0`` gives ``base`` itself
+    (exact LRP-0 = gradient × input)."""
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    if eps == 0:
+        return base
+    linear = "z+" if base.linear == "z+" else "ε"
+    return Rule(f"{base.name} (ε={eps:g})", elementwise=base.elementwise, maxpool="ε", linear=linear,
+                eps=float(eps), cutoff=True)
+
+
+#: LRP-0 fused with LRP-ε as in the paper's experiments (ε = 1e-9, Sec. 4)
+LRP0_PAPER = lrp_epsilon(PAPER_EPS)
+#: LRP-ZP as in the paper's experiments (z⁺ with ε = 1e-9)
+ZPLUS_PAPER = lrp_epsilon(PAPER_EPS, ZPLUS)
+
+
+def eps_ratio(z: torch.Tensor, eps: float, cutoff: bool) -> torch.Tensor:
+    """``z / (z + ε·sign z)`` (sign 0 = +1), and 0 where ``|z| ≤ ε`` when ``cutoff``: the factor the
+    LRP-ε denominator puts on a backward signal (Eq. 5)."""
+    r = z / stabilize(z, eps)
+    return torch.where(z.abs() > eps, r, torch.zeros_like(r)) if cutoff else r
 
 
 class _Substitute(torch.autograd.Function):
@@ -422,10 +461,22 @@ def linear_substitute(rule: Rule, module, x, x_ref, y, y_ref) -> torch.Tensor:
     dy = (y - y_ref).detach()
     if rule.linear == "z+":
         zp = _positive_part(module, x - x_ref)
-        scale = dy / stabilize(zp.detach(), rule.eps)
+        zd = zp.detach()
+        scale = dy / stabilize(zd, rule.eps)
+        if rule.cutoff:
+            scale = torch.where(zd.abs() > rule.eps, scale, torch.zeros_like(scale))
         return y.detach() + scale * (zp - zp.detach())
-    scale = dy / stabilize(dy, rule.eps)            # ε rule: g_in = Wᵀ(g ⊙ Δy / (Δy + ε))
+    scale = eps_ratio(dy, rule.eps, rule.cutoff)     # ε rule: g_in = Wᵀ(g ⊙ Δy / (Δy + ε))
     return y.detach() + scale * (y - y.detach())
+
+
+def maxpool_epsilon_substitute(rule: Rule, module, x, y, y_ref) -> torch.Tensor:
+    """Replacement output of a max-pool under LRP-ε: winner-take-all (the gradient of the layer's own
+    max-pool of ``x``) with the signal scaled by ``z / (z + ε·sign z)``, ``z = Δy`` the window's
+    maximum (0 where ``|z| ≤ ε``)."""
+    own = type(module).forward(module, x)
+    scale = eps_ratio((y - y_ref).detach(), rule.eps, rule.cutoff)
+    return y.detach() + scale * (own - own.detach())
 
 
 def layer_kind(module: nn.Module) -> Optional[str]:
@@ -446,6 +497,8 @@ def apply_rule(rule: Rule, module: nn.Module, x, x_ref, y, y_ref, n_steps, poole
     kind = layer_kind(module)
     if kind == "elementwise" and rule.elementwise != "D":
         return elementwise_substitute(module, x, x_ref, y, y_ref, None if rule.elementwise == "D̄exact" else n_steps)
+    if kind == "maxpool" and rule.maxpool == "ε":
+        return maxpool_epsilon_substitute(rule, module, x, y, y_ref)
     if kind == "maxpool" and rule.maxpool != "D":
         return maxpool_substitute(module, x, x_ref, y, y_ref, None if rule.maxpool == "D̄exact" else n_steps,
                                   pooled, pooled_ref)

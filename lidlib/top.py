@@ -32,10 +32,12 @@ def softmax_gradient(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """``P'_c = ∂P_c/∂Z`` at logits ``z`` (B, K) for classes ``c`` (B,), Eq. (10).
 
     Entry ``i`` is ``(1 − P_c) P_i`` for ``i = c`` and ``−P_c P_i`` otherwise, i.e. ``P_c (e_c − P)``.
+    ``z`` may have leading axes (..., B, K) (several points of a path at once).
     """
-    p = torch.softmax(z, dim=1)
-    pc = p.gather(1, c[:, None])
-    e_c = torch.zeros_like(p).scatter_(1, c[:, None], 1.0)
+    p = torch.softmax(z, dim=-1)
+    idx = c.expand(z.shape[:-1])[..., None]
+    pc = p.gather(-1, idx)
+    e_c = torch.zeros_like(p).scatter_(-1, idx, 1.0)
     return pc * (e_c - p)
 
 
@@ -58,18 +60,22 @@ def path_average(fn: Callable[[torch.Tensor], torch.Tensor], z_ref: torch.Tensor
     ``n_steps = k`` samples the path at ``z_ref + (k/n) dz``, k = 1..n (a right Riemann sum, as in
     the paper); ``n_steps = None`` integrates exactly up to floating point with a composite
     16-point Gauss-Legendre rule whose panel count grows with the spread of ``dz``, because the
-    softmax along the path is analytic but can be steep.
+    softmax along the path is analytic but can be steep.  ``fn`` must accept a leading axis of
+    path points, (T, B, K): the points are evaluated in chunks of that shape, not one by one.
     """
     if n_steps is not None:
-        ts = [(k / n_steps, 1.0 / n_steps) for k in range(1, n_steps + 1)]
+        t = torch.arange(1, n_steps + 1, dtype=torch.float64) / n_steps
+        w = torch.full((n_steps,), 1.0 / n_steps, dtype=torch.float64)
     else:
         spread = float((dz.max(dim=1).values - dz.min(dim=1).values).max()) if dz.numel() else 0.0
         panels = int(min(4096, max(4, math.ceil(spread))))
-        nodes, weights = _gauss_legendre(16, panels, torch.float64, dz.device)
-        ts = list(zip(nodes.tolist(), weights.tolist()))
+        t, w = _gauss_legendre(16, panels, torch.float64, "cpu")
+    t, w = t.to(dtype=dz.dtype, device=dz.device), w.to(dtype=dz.dtype, device=dz.device)
     acc = torch.zeros_like(dz)
-    for t, w in ts:
-        acc = acc + w * fn(z_ref + t * dz)
+    chunk = max(1, 4_000_000 // max(1, dz.numel()))                 # bounded memory: T·B·K ≤ 4e6
+    for k in range(0, t.numel(), chunk):
+        tt, ww = t[k:k + chunk, None, None], w[k:k + chunk, None, None]
+        acc = acc + (ww * fn(z_ref + tt * dz)).sum(dim=0)
     return acc
 
 
@@ -78,8 +84,13 @@ def top_relevance(kind: str, z: torch.Tensor, z_ref: torch.Tensor, c: torch.Tens
     """The top relevance ``R(Y^L)`` and backward signal ``g^L`` of a method (Table 2).
 
     ``z`` are the logits, ``z_ref`` the reference logits (zeros for the LRP family, where
-    ``ΔZ = Z``), ``c`` the target classes.  Returns ``(g, R)`` with ``R = g ⊙ (z − z_ref)`` up
-    to the ε-stabiliser of the SG row.
+    ``ΔZ = Z``), ``c`` the target classes.  Returns ``(g, R)`` with ``R = g ⊙ (z − z_ref)``.
+
+    SG (Eq. 10) puts ``R = P'_c`` on the logits exactly, so ``g = P'_c / ΔZ``; the stabilised
+    division ``1 / (Z + ε·sign Z)`` of LRP-ε is applied by the layer below (the last linear layer's
+    ε rule), not here, so it is not applied twice.  ``eps`` (the method's ``Rule.eps``) is the
+    cut-off: no message from a logit with ``|ΔZ| ≤ ε`` (first author's convention; ``eps = 0``: only
+    where ``ΔZ = 0``).  On a network with logits near 0 this choice decides SG's result (book, Ch. 12).
     """
     dz = z - z_ref
     if kind == "logit":
@@ -93,7 +104,9 @@ def top_relevance(kind: str, z: torch.Tensor, z_ref: torch.Tensor, c: torch.Tens
         return g, g * dz
     if kind == "SG":
         r = softmax_gradient(z, c)
-        return r / stabilize(dz, eps), r
+        keep = dz.abs() > eps
+        g = torch.where(keep, r / torch.where(keep, dz, torch.ones_like(dz)), torch.zeros_like(r))
+        return g, r
     raise ValueError(f"unknown top relevance {kind!r}; choose one of {TOPS}")
 
 

@@ -149,7 +149,7 @@ def test_robustness_and_class_discrimination_rows(folder, tmp_path):
 # errors: raised before any file is written
 # ---------------------------------------------------------------------------------------------------------------------
 
-def assert_no_files(tmp_path, names=("r.csv", "r.png", "r.csv.tmp")):
+def assert_no_files(tmp_path, names=("r.csv", "r.png", "r.csv.tmp", "r.json")):
     for n in names:
         assert not (tmp_path / n).exists()
 
@@ -266,3 +266,140 @@ def test_default_composites():
     per = X.composite_samples(model, comps[:1], per_object=True)
     assert [s.target for s in per] == list(halves.classes)
     assert torch.equal(per[0].region, per[1].other)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the configuration file, refusal on resume, write checks, the CLI's checks, the sample-recompute check
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_config_file_records_every_setting(folder, tmp_path):
+    out = tmp_path / "r.csv"
+    run(folder, out, methods=["LRP-0", "SG-LRP-0 (ε=0.01)"], figure=False, limit=1, n_steps=5, seed=3)
+    cfg = X.read_config(out)
+    st = cfg["settings"]
+    assert st["n_steps"] == 5 and st["seed"] == 3 and st["fill"] == "reference" and st["baseline"] == "zeros"
+    assert st["model"] == "toy-cnn" and st["input_size"] == SIZE and st["ratios"] == list(M.RATIOS)
+    assert st["methods"]["LRP-0"]["eps"] == 1e-9 and st["methods"]["SG-LRP-0 (ε=0.01)"]["eps"] == 0.01
+    assert st["image_set"]["n_images"] == 3 and st["image_set"]["source"] == str(folder.resolve())
+    assert {r[3] for r in rows_of(out)[1:]} == {"LRP-0", "SG-LRP-0 (ε=0.01)"}
+
+
+@pytest.mark.parametrize("change", ["n_steps", "seed", "fill", "eps", "images", "no-config"])
+def test_resume_with_other_settings_is_refused(change, folder, tmp_path):
+    out = tmp_path / "r.csv"
+    run(folder, out, methods=["LRP-0", "SIG-LID-IG"], figure=False, limit=1)
+    before = out.read_bytes()
+    run(folder, out, methods=["LRP-0", "SIG-LID-IG"], figure=False, limit=2)      # same settings: resumes
+    assert len(X.read_results(out).images()) == 2
+    before = out.read_bytes()
+    kw = dict(methods=["LRP-0", "SIG-LID-IG"], figure=False, limit=2)
+    if change == "n_steps":
+        kw["n_steps"] = 5
+    elif change == "seed":
+        kw["seed"] = 1
+    elif change == "fill":
+        kw["fill"] = "mean"
+    elif change == "eps":                        # the same method name with another ε in the file
+        cpath = X.config_path(out)
+        text = cpath.read_text(encoding="utf-8").replace('"eps": 1e-09', '"eps": 0.001', 1)
+        cpath.write_text(text, encoding="utf-8")
+    elif change == "images":
+        Image.fromarray(np.zeros((20, 20, 3), dtype="uint8")).save(folder / "im9.png")
+    elif change == "no-config":
+        X.config_path(out).unlink()
+    with pytest.raises(ValueError, match="other settings|configuration file"):
+        run(folder, out, **kw)
+    assert out.read_bytes() == before
+
+
+def test_unwritable_output_is_refused_before_any_work(folder, tmp_path, monkeypatch):
+    model = toy_model()
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    out = tmp_path / "r.csv"
+    real = X.Path.write_bytes
+
+    def refuse(self, data):
+        if self.name.startswith(".lidlib-write-test"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, data)
+    monkeypatch.setattr(X.Path, "write_bytes", refuse)
+    with pytest.raises(ValueError, match="cannot write to the folder"):
+        X.run("probability-change", METHODS, folder, out, model=model, progress=False)
+    monkeypatch.setattr(X.Path, "write_bytes", real)
+    out.write_text("")
+    monkeypatch.setattr(X.os, "access", lambda p, mode: False)
+    with pytest.raises(ValueError, match="read-only"):
+        X.run("probability-change", METHODS, folder, out, model=model, progress=False)
+    assert calls == []                           # the model never ran
+    with pytest.raises(ValueError, match="does not exist"):
+        X.check_writable(tmp_path / "no" / "r.csv")
+
+
+def test_unwritable_folder_for_real(folder, tmp_path):
+    import os
+    if os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder; the check is tested with a refusing filesystem above")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match="cannot write"):
+            run(folder, ro / "r.csv")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_cli_checks_everything_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import lidlib.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(lidlib.models, "imagenet", no_model)
+    out = tmp_path / "r.csv"
+    for args, msg in ((["--methods", "NoSuch"], "unknown method"), (["--methods", "LRP-0", "--n-steps", "0"], "n-steps"),
+                      (["--methods", "LRP-0", "--out", str(tmp_path / "no" / "r.csv")], "does not exist"),
+                      (["--methods", "LRP-0", "--eval-set", "--images", str(tmp_path)], "not both"),
+                      (["--methods", "LID-IG (ε=0.1)"], "unknown method")):
+        argv = ["probability-change"] + args + ([] if "--out" in args else ["--out", str(out)])
+        assert X.main(argv) == 2
+        assert msg in capsys.readouterr().err
+    assert_no_files(tmp_path)
+
+
+def test_verify_sample_passes_and_fails_on_a_tampered_csv(folder, tmp_path):
+    out = tmp_path / "r.csv"
+    model = toy_model()
+    X.run(["probability-change", "class-discrimination"][:1], ["LRP-0", "SIG-LID-IG", "LayerCAM"], folder, out,
+          model=model, progress=False, figure=False)
+    ok = X.verify_sample(out, model, source=folder, n_images=2, seed=0)
+    assert ok["rows"] == 2 * 3 * len(M.RATIOS) and ok["max_abs_diff"] < 1e-9
+    rows = rows_of(out)
+    k = next(i for i, r in enumerate(rows) if i and r[0] in ok["images"] and r[3] == "SIG-LID-IG")
+    rows[k][7] = repr(float(rows[k][7]) + 0.01)                      # one value moved by 0.01
+    with open(out, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    with pytest.raises(X.SampleMismatch, match="SIG-LID-IG"):
+        X.verify_sample(out, model, source=folder, n_images=2, seed=0)
+    other = toy_model()
+    other.display_name = "another-net"
+    with pytest.raises(X.SampleMismatch, match="model"):
+        X.verify_sample(out, other, source=folder, n_images=1, seed=0)
+
+
+def test_eval_set_has_200_distinct_images_with_disjoint_regions():
+    from lidlib.models import imagenet
+    model = imagenet()
+    model.input_size = 96                        # small for speed; the layouts scale with the side
+    try:
+        s = X.eval_samples(model)
+    finally:
+        model.input_size = 224
+    assert len(s) == len(lidlib.images.EVAL_PHOTOS) * (len(lidlib.images.EVAL_PHOTOS) - 1) * len(X.EVAL_LAYOUTS) >= 200
+    assert len({x.name for x in s}) == len(s)
+    flat = torch.stack([x.x.reshape(-1) for x in s])
+    assert torch.unique(flat, dim=0).shape[0] == len(s)              # every image differs
+    for x in s:
+        assert x.region.any() and x.other.any() and not (x.region & x.other).any()
+        assert x.target is not None
+    assert s[0].name.endswith("/halves") and s[len(s) // len(X.EVAL_LAYOUTS)].name.endswith("/stacked")

@@ -58,7 +58,7 @@ def test_lrp0_matches_zennit_epsilon_on_toy_cnn():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64)
     target = torch.tensor([1, 2])
-    ours = lidlib.explain(model, x, target, "LRP-0").relevance["input"]
+    ours = lidlib.explain(model, x, target, lidlib.methods.LRP0_EXACT).relevance["input"]   # ε = 0
     composite = LayerMapComposite([(Activation, Pass()), (Convolution, Epsilon(1e-12)), (Linear, Epsilon(1e-12))])
     with Gradient(model=model, composite=composite) as attributor:
         out, rel = attributor(x, lambda z: torch.eye(4, dtype=z.dtype)[target] * z)   # R(Y^L) = e_c ⊙ Z

@@ -48,7 +48,7 @@ def exercise_2():
                 m.bias.zero_()
     x = torch.tensor([[0.7, 2.3, -0.5, -0.8]], dtype=torch.float64)
     c = int(model(x).argmax())
-    e_lrp = lidlib.explain(model, x, c, "LRP-0")
+    e_lrp = lidlib.explain(model, x, c, lidlib.methods.LRP0_EXACT)       # ε = 0: exact LRP-0
     e_ig = lidlib.explain(model, x, c, "LID-IG", baseline=torch.zeros_like(x), n_steps=None)
     gap = e_lrp.conservation().max_rel_gap()
     assert gap < 1e-12

@@ -74,7 +74,7 @@ def exercise_3():
     cnn = toy.cnn()
     x = torch.rand(3, 2, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     c = torch.tensor([0, 1, 4])
-    lrp0 = lidlib.explain(cnn, x, c, "LRP-0")
+    lrp0 = lidlib.explain(cnn, x, c, lidlib.methods.LRP0_EXACT)         # ε = 0: exact LRP-0
     xg = x.clone().requires_grad_(True)
     grad, = torch.autograd.grad(cnn(xg).gather(1, c[:, None]).sum(), xg)
     assert torch.allclose(lrp0.input, grad * x, rtol=0, atol=1e-12)
@@ -82,7 +82,7 @@ def exercise_3():
     for name in lrp0.relevance:
         assert torch.allclose(lrp0.relevance[name], lrpt.relevance[name], rtol=0, atol=1e-12)
     nobias = wl.scaled_biases(cnn, 0.0)
-    a = lidlib.explain(nobias, x, c, "LRP-0")
+    a = lidlib.explain(nobias, x, c, lidlib.methods.LRP0_EXACT)
     b = lidlib.explain(nobias, x, c, "LID-Taylor", baseline=torch.zeros_like(x[:1]))
     for name in a.relevance:
         assert torch.allclose(a.relevance[name], b.relevance[name], rtol=0, atol=1e-12)

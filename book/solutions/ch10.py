@@ -58,7 +58,7 @@ def exercise_3():
     """Without increments the IG rule is void at ReLU and max-pool: SIG-LRP-IG = SIG-LRP-0 = SIG-LRP-Taylor."""
     model, x, _, c, _, _ = _toy_case()
     cells = [lidlib.Method("SIG-LRP-IG", "SIG", rules.IG, increment=False),
-             lidlib.METHODS["SIG-LRP-0"],
+             lidlib.METHODS["SIG-LRP-0"].with_eps(0),          # ε = 0: exact
              lidlib.Method("SIG-LRP-Taylor", "SIG", rules.TAYLOR, increment=False)]
     out = {}
     for n in (3, 10):
