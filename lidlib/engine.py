@@ -93,17 +93,22 @@ class _FunctionalGuard(TorchFunctionMode):
         if self.depth or self.pass_ is None:
             return func(*args, **(kwargs or {}))
         caller = self.stack[-1] if self.stack else None
-        return self.pass_.function(func, _function_name(func), args, kwargs or {}, caller,
-                                   _augmented_assignment(sys._getframe(1)))
+        name = _function_name(func)
+        augmented = name.endswith("_") and not name.startswith("__") and _augmented_assignment(sys._getframe(1))
+        return self.pass_.function(func, name, args, kwargs or {}, caller, augmented)
+
+
+_AUGMENTED = {}
 
 
 def _augmented_assignment(frame) -> bool:
     """Whether the forward code's current instruction is ``a += b`` (``*=``, …), not a call."""
-    try:
-        ins = next(i for i in dis.get_instructions(frame.f_code) if i.offset == frame.f_lasti)
-    except (StopIteration, AttributeError):
-        return False
-    return ins.opname.startswith("INPLACE_") or (ins.opname == "BINARY_OP" and ins.argrepr.endswith("="))
+    where = (frame.f_code, frame.f_lasti)
+    if where not in _AUGMENTED:
+        ins = next((i for i in dis.get_instructions(frame.f_code) if i.offset == frame.f_lasti), None)
+        _AUGMENTED[where] = ins is not None and (ins.opname.startswith("INPLACE_") or (
+            ins.opname == "BINARY_OP" and ins.argrepr.endswith("=")))
+    return _AUGMENTED[where]
 
 
 @contextmanager

@@ -567,6 +567,8 @@ def linear_substitute(rule: Rule, module, x, x_ref, y, y_ref) -> torch.Tensor:
 def layer_kind(module: nn.Module) -> Optional[str]:
     """The family kind of a supported leaf (``"linear"``, ``"elementwise"`` for piecewise-linear,
     ``"smooth"``, ``"maxpool"``, ``"norm"``), else None."""
+    if isinstance(module, _Call):                 # a forward-code call of a smooth function
+        return "smooth"
     fam = family(module)
     if fam is None or fam.kind == "refused":
         return None
