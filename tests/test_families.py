@@ -80,7 +80,7 @@ CASES = [("LID-IG", 3), ("LID-IG", None), ("SIG-LID-IG", 3), ("SIG-LID-IG", None
 @pytest.mark.parametrize("model_name,method,n_steps",
                          [(m, *c) for m in REF_MODELS for c in CASES
                           if not (m == "norm" and METHODS[c[0]].increment is False and c[1] is None)]
-                         + [("norm", "LRP-0", 3)])
+                         )
 def test_new_rules_match_the_slow_reference_at_every_layer(model_name, method, n_steps):
     model = REF_MODELS[model_name]()
     torch.manual_seed(1)
@@ -110,12 +110,12 @@ def test_smooth_exact_is_the_secant_and_sampled_is_the_mean_derivative():
     g = torch.Generator().manual_seed(0)
     x_ref = torch.randn(400, generator=g, dtype=torch.float64) * 4
     x = torch.randn(400, generator=g, dtype=torch.float64) * 4
-    x[:50] = x_ref[:50]                               # Δx = 0: σ'(x)
-    x[50:100] = x_ref[50:100] + 1e-9                  # tiny Δx: no cancellation
+    x[:30] = x_ref[:30]                               # Δx = 0: σ'(x)
+    x[30:60] = x_ref[30:60] + 1e-9                    # tiny Δx: no cancellation
     for act in (nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Sigmoid(), nn.ELU(), nn.Softplus()):
         exact = rules.smooth_path_slope(act, x, x_ref, act(x), act(x_ref), None)
-        slow = torch.diagonal(reference.smooth_exact(act, x[:120], x_ref[:120]))
-        assert torch.allclose(exact[:120], slow, rtol=1e-9, atol=1e-12), type(act).__name__
+        slow = torch.diagonal(reference.smooth_exact(act, x[:70], x_ref[:70]))
+        assert torch.allclose(exact[:70], slow, rtol=1e-9, atol=1e-12), type(act).__name__
         assert torch.allclose(exact * (x - x_ref), act(x) - act(x_ref), rtol=0, atol=1e-14)   # conserves
         n3 = rules.smooth_path_slope(act, x, x_ref, act(x), act(x_ref), 3)
         mean = torch.stack([reference._slope(act, x_ref + k / 3 * (x - x_ref)) for k in (1, 2, 3)]).mean(0)
@@ -147,53 +147,57 @@ def test_norm_quadrature_reports_its_error_and_warns_when_it_cannot_reach_it(mon
 
 
 # ----------------------------------------------------------------------------- torchvision's families
-def _resnext():
+def _resnext(**kw):
     from torchvision.models.resnet import Bottleneck, ResNet
-    return ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=8)
+    return ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=8, **kw)
 
 
-def _densenet():
-    return tvm.DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2)
+def _densenet(**kw):
+    return tvm.DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2, **kw)
 
 
-def _convnext():
-    return tvm.ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 1)], stochastic_depth_prob=0.1)
+def _convnext(**kw):
+    return tvm.ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 1)], stochastic_depth_prob=0.1, **kw)
 
 
-def _efficientnet_v2():
+def _efficientnet_v2(**kw):
     from torchvision.models.efficientnet import FusedMBConvConfig, MBConvConfig
     setting = [FusedMBConvConfig(1, 3, 1, 8, 8, 1), FusedMBConvConfig(4, 3, 2, 8, 16, 1),
                MBConvConfig(4, 3, 2, 16, 24, 2)]
-    return tvm.EfficientNet(setting, dropout=0.2, last_channel=64)
+    return tvm.EfficientNet(setting, dropout=0.2, last_channel=64, **kw)
 
 
-#: (builder, input size, modules whose outputs cut the network)
+#: (builder, input size, names (re.fullmatch) of the modules whose outputs cut the network)
 FAMILY_MODELS = {
-    "resnet18": (tvm.resnet18, 32, r"layer\d\.\d$|maxpool$"),
-    "resnext": (_resnext, 32, r"layer\d\.\d$"),
-    "densenet": (_densenet, 32, r"features\.(denseblock|transition)\d$"),
-    "googlenet": (lambda: tvm.googlenet(aux_logits=False, init_weights=True), 32, r"inception\d\w$|maxpool\d$"),
-    "squeezenet": (tvm.squeezenet1_1, 32, r"features\.\d+$"),
-    "mobilenet_v2": (lambda: tvm.mobilenet_v2(width_mult=0.35), 32, r"features\.\d+$"),
-    "mobilenet_v3": (tvm.mobilenet_v3_small, 32, r"features\.\d+$"),
-    "efficientnet_b0": (tvm.efficientnet_b0, 32, r"features\.\d\.\d$|features\.\d$"),
-    "efficientnet_v2": (_efficientnet_v2, 32, r"features\.\d\.\d$"),
-    "regnet_y": (tvm.regnet_y_400mf, 32, r"trunk_output\.block\d\.block\d-\d$|stem$"),
-    "shufflenet_v2": (tvm.shufflenet_v2_x0_5, 32, r"stage\d\.\d$|maxpool$"),
-    "mnasnet": (tvm.mnasnet0_5, 32, r"layers\.\d+$"),
-    "convnext": (_convnext, 32, r"features\.\d\.\d$|features\.\d$"),
+    "resnet18": (tvm.resnet18, 32, r"layer\d\.\d|maxpool"),
+    "resnext": (_resnext, 32, r"layer\d\.\d"),
+    "densenet": (_densenet, 32, r"features\.(denseblock|transition)\d"),
+    "googlenet": (lambda **kw: tvm.googlenet(aux_logits=False, init_weights=True, **kw), 32, r"inception\d\w|maxpool\d"),
+    "squeezenet": (tvm.squeezenet1_1, 32, r"features\.\d+"),
+    "mobilenet_v2": (lambda **kw: tvm.mobilenet_v2(width_mult=0.35, **kw), 32, r"features\.\d+"),
+    "mobilenet_v3": (tvm.mobilenet_v3_small, 32, r"features\.\d+"),
+    "efficientnet_b0": (tvm.efficientnet_b0, 32, r"features\.\d(\.\d)?"),
+    "efficientnet_v2": (_efficientnet_v2, 32, r"features\.\d(\.\d)?"),
+    "regnet_y": (tvm.regnet_y_400mf, 32, r"stem|trunk_output\.block\d(\.block\d-\d)?"),
+    "shufflenet_v2": (tvm.shufflenet_v2_x0_5, 32, r"maxpool|stage\d(\.\d)?"),
+    "mnasnet": (tvm.mnasnet0_5, 32, r"layers\.\d+"),
+    "convnext": (_convnext, 32, r"features\.\d(\.\d)?"),
 }
 
 
 def _family(name):
     build, size, cuts = FAMILY_MODELS[name]
     torch.manual_seed(0)
-    model = _init(build(), size=size)
+    model = _init(build(num_classes=10), size=size)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 3, size, size, generator=g, dtype=torch.float64)
     base = torch.randn(1, 3, size, size, generator=g, dtype=torch.float64) * 0.3
-    with torch.no_grad():
-        target = int(model(x)[0].argsort()[-2])        # a class whose probability can move
+    with torch.no_grad():                               # logits spread over a few units, not hundreds
+        last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        spread = float((model(x) - model(base)).abs().max())
+        last.weight.mul_(4.0 / spread)
+        last.bias.mul_(4.0 / spread)                               # the class whose probability moves most
+        target = int((model(x).softmax(1) - model(base).softmax(1)).abs()[0].argmax())
     return model, x, base, target, cuts
 
 
@@ -204,7 +208,7 @@ def test_every_family_conserves_exactly_at_the_input_and_at_block_outputs(name):
     for method in ("LID-IG", "SIG-LID-IG"):
         e = lidlib.explain(model, x, target, method, baseline=base, n_steps=None)
         table = e.conservation()
-        cut_names = [n for n, _ in model.named_modules() if re.search(cuts, n)]
+        cut_names = [n for n, _ in model.named_modules() if re.fullmatch(cuts, n)]
         assert len(cut_names) >= 2, cut_names
         gaps = {r[0]: r[3] for r in table.as_rows()}
         assert gaps["input"] <= 1e-9, (method, gaps["input"])
