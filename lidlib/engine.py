@@ -21,8 +21,17 @@ from torch.overrides import TorchFunctionMode
 from .checks import _check_eval
 from .explanation import Explanation
 from .methods import Method
-from .rules import FAMILIES, apply_rule, call_layer, family, function_family, layer_kind, product_rule, \
-    supported_layers, tiled_pool
+from .rules import (
+    FAMILIES,
+    apply_rule,
+    call_layer,
+    family,
+    function_family,
+    layer_kind,
+    product_rule,
+    supported_layers,
+    tiled_pool,
+)
 from .top import top_relevance
 
 
@@ -76,7 +85,7 @@ class _FunctionalGuard(TorchFunctionMode):
         super().__init__()
         self.depth, self.stack, self.pass_ = 0, [], None
 
-    def start(self, pass_: "_Pass") -> None:
+    def start(self, pass_: _Pass) -> None:
         self.depth, self.stack, self.pass_ = 0, [], pass_
 
     def enter(self, module, args):

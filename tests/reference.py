@@ -27,7 +27,6 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 
-
 def _kind(layer):
     from lidlib.rules import family
     fam = family(layer)

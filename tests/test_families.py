@@ -6,8 +6,11 @@ import types
 import warnings
 
 import pytest
+import reference
 import torch
 import torch.nn.functional as F
+from reference import Gate
+from test_reliability import _assert_same, _state
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models.convnext import CNBlockConfig, LayerNorm2d
@@ -15,11 +18,6 @@ from torchvision.models.convnext import CNBlockConfig, LayerNorm2d
 import lidlib
 from lidlib import rules
 from lidlib.methods import METHODS
-
-import reference
-from reference import Gate
-
-from test_reliability import _assert_same, _state
 
 
 def _init(model, seed=0, size=16, bias_std=0.3, channels=3):
