@@ -7,6 +7,8 @@ Path averages are per layer (Eq. 21), so they cost element-wise work, not extra 
 """
 from __future__ import annotations
 
+import dis
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -21,63 +23,109 @@ from torch.overrides import TorchFunctionMode
 from .checks import _check_eval
 from .explanation import Explanation
 from .methods import Method
-from .rules import apply_rule, layer_kind, tiled_pool
+from .rules import (
+    FAMILIES,
+    apply_rule,
+    call_layer,
+    family,
+    function_family,
+    layer_kind,
+    product_rule,
+    supported_layers,
+    tiled_pool,
+)
 from .top import top_relevance
 
 
 def check_model(model: nn.Module) -> None:
-    """Raise a clear error for a model in training mode or with a layer lidlib cannot explain."""
+    """Raise a clear error for a model in training mode or with a layer lidlib cannot explain
+    (the layer families of :data:`lidlib.rules.FAMILIES` say which)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_eval(model)
     for name, m in model.named_modules():
-        if next(m.children(), None) is None and layer_kind(m) is None:
-            hint = (" The model must return logits: drop the final Softmax." if isinstance(m, (nn.Softmax, nn.LogSoftmax))
-                    else " Supported non-linear layers: ReLU, ReLU6, LeakyReLU, Hardtanh, MaxPool2d; "
-                         "linear layers: Conv, Linear, BatchNorm (eval), AvgPool, AdaptiveAvgPool, Flatten, "
-                         "Dropout (eval), Identity, zero/constant padding.")
-            raise TypeError(f"lidlib cannot explain layer {name or '<model>'!r} ({type(m).__name__}).{hint}")
+        fam = family(m)
+        if fam is not None and fam.kind == "refused":
+            raise TypeError(f"lidlib cannot explain layer {name or '<model>'!r} ({type(m).__name__}): {fam.hint}.")
+        if next(m.children(), None) is None and fam is None:
+            raise TypeError(f"lidlib cannot explain layer {name or '<model>'!r} ({type(m).__name__}). Supported "
+                            f"layers — {supported_layers()}. A new element-wise activation is one call: "
+                            "lidlib.rules.register_elementwise(YourActivation).")
         if isinstance(m, nn.MaxPool2d) and m.return_indices:
             raise TypeError(f"lidlib cannot explain layer {name!r}: a max-pool with return_indices=True returns a "
                             "tuple; use return_indices=False (take indices from a separate call if needed)")
 
 
-#: non-linear functions that, called in a model's own forward code (outside a layer module), would
-#: silently be treated with their local gradient: lidlib refuses them and asks for a module instead
-NONLINEAR_FUNCTIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6,
-    F.leaky_relu, F.leaky_relu_, F.hardtanh, F.hardtanh_, F.elu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.sigmoid, torch.sigmoid, torch.Tensor.sigmoid, F.tanh, torch.tanh, torch.Tensor.tanh,
-    F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, F.max_pool1d, F.max_pool2d,
-    F.max_pool3d, torch.max_pool2d, F.adaptive_max_pool2d, torch.clamp, torch.Tensor.clamp,
-    torch.clamp_min, torch.Tensor.clamp_min, torch.clamp_max, torch.Tensor.clamp_max,
-    torch.maximum, torch.minimum, torch.abs, torch.Tensor.abs,
-}
-
-
-class _FunctionalGuard(TorchFunctionMode):
-    """Raise if the model's forward code calls a non-linear function outside a layer module."""
-
-    def __init__(self):
-        super().__init__()
-        self.depth = 0
-
-    def enter(self, module, args):
-        self.depth += 1
-
-    def leave(self, module, args, output):
-        self.depth -= 1
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.depth == 0 and func in NONLINEAR_FUNCTIONS:
-            name = _function_name(func)
-            raise TypeError(f"the model's forward code calls the non-linear function {name} outside a "
-                            "layer module; lidlib propagates relevance through modules only, so write it "
-                            "as a module (e.g. nn.ReLU(), nn.MaxPool2d(...)) in the model")
-        return func(*args, **(kwargs or {}))
+#: names of the non-linear functions that forward code may call outside layer modules: each gets
+#: its family's rule (derived from :data:`lidlib.rules.FAMILIES`); any other function of an
+#: activation that is not linear is refused, naming the module whose forward calls it
+NONLINEAR_FUNCTIONS = frozenset(n for f in FAMILIES if f.kind not in ("linear", "refused") for n in f.functions)
 
 
 def _function_name(func) -> str:
+    """``relu``, ``add_``, ``__mul__``, … — the name a forward-code call is looked up by."""
+    if func in (F.max_pool2d, F.max_pool1d, F.max_pool3d):          # boolean_dispatch wrappers
+        return {F.max_pool2d: "max_pool2d", F.max_pool1d: "max_pool1d", F.max_pool3d: "max_pool3d"}[func]
+    name = getattr(func, "__name__", "")
+    if name == "__get__":                                            # a property (x.shape, x.T, …)
+        name = getattr(getattr(func, "__self__", None), "__name__", "") or "__get__"
+    return name
+
+
+def _is_activation(t) -> bool:
+    """A tensor that carries the explained input (in the pass with gradients), not a parameter."""
+    return isinstance(t, torch.Tensor) and t.requires_grad and not isinstance(t, nn.Parameter)
+
+
+def _has_tensor(v) -> bool:
+    return isinstance(v, torch.Tensor) or (isinstance(v, (tuple, list)) and any(_has_tensor(u) for u in v))
+
+
+class _FunctionalGuard(TorchFunctionMode):
+    """Functions called by a model's own forward code, outside layer modules: the pass applies
+    their family's rule (:meth:`_Pass.function`), keeps in-place ones from overwriting recorded
+    tensors, and refuses the ones without a rule, naming the module whose forward calls them."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.stack, self.pass_ = 0, [], None
+
+    def start(self, pass_: _Pass) -> None:
+        self.depth, self.stack, self.pass_ = 0, [], pass_
+
+    def enter(self, module, args):
+        self.stack.append(module)
+        if next(module.children(), None) is None:
+            self.depth += 1
+
+    def leave(self, module, args, output):
+        self.stack.pop()
+        if next(module.children(), None) is None:
+            self.depth -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.depth or self.pass_ is None:
+            return func(*args, **(kwargs or {}))
+        caller = self.stack[-1] if self.stack else None
+        name = _function_name(func)
+        augmented = name.endswith("_") and not name.startswith("__") and _augmented_assignment(sys._getframe(1))
+        return self.pass_.function(func, name, args, kwargs or {}, caller, augmented)
+
+
+_AUGMENTED = {}
+
+
+def _augmented_assignment(frame) -> bool:
+    """Whether the forward code's current instruction is ``a += b`` (``*=``, …), not a call."""
+    where = (frame.f_code, frame.f_lasti)
+    if where not in _AUGMENTED:
+        ins = next((i for i in dis.get_instructions(frame.f_code) if i.offset == frame.f_lasti), None)
+        _AUGMENTED[where] = ins is not None and (ins.opname.startswith("INPLACE_") or (
+            ins.opname == "BINARY_OP" and ins.argrepr.endswith("=")))
+    return _AUGMENTED[where]
+
+
+def _public_name(func) -> str:
     """The public spelling of a torch function: ``torch.softmax``, ``F.relu``, ``Tensor.clamp``."""
     name = getattr(func, "__name__", str(func))
     module = getattr(func, "__module__", None)
@@ -221,6 +269,8 @@ class _Pass:
         self.aliases = {}                 # container key -> key of the same output tensor
         self.pooled = {}                  # key -> rules.tiled_pool of a max-pool call
         self._pooled_now = None
+        self.nodes = {}                   # key -> (autograd node, output index) that produced the output
+        self.functional = {}              # forward-code call key -> (input(s), output) (reference pass)
 
     def pool_forward(self, module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
         """A max-pool layer's forward through :func:`rules.tiled_pool` (same values), keeping the
@@ -240,7 +290,7 @@ class _Pass:
             if same is not None:          # a container handing on its last child's tensor
                 self.aliases[key] = same
                 return None
-        if leaf and layer_kind(module) in ("elementwise", "maxpool", "linear"):
+        if leaf and layer_kind(module) is not None:
             self.inputs[key] = args[0]
         pooled, self._pooled_now = self._pooled_now, None
         if pooled is not None and self.method is None:
@@ -256,7 +306,108 @@ class _Pass:
             if new is not None:
                 output = new
         self.outputs[key] = output
+        if output.grad_fn is not None:
+            self.nodes[key] = (output.grad_fn, output.output_nr)
         return output
+
+    # ----------------------------------------------------------------- forward code outside layers
+    def _caller_name(self, caller) -> str:
+        return "<model>" if caller is None else self.names.get(caller, "<model>")
+
+    def _refuse(self, name, caller, why):
+        """``name``: the function's public spelling (:func:`_public_name`), e.g. ``torch.softmax``."""
+        who = self._caller_name(caller)
+        kind = "" if caller is None else f" ({type(caller).__name__})"
+        raise TypeError(f"lidlib cannot explain the call {name}(...) in the forward code of module {who!r}{kind}: "
+                        f"{why}")
+
+    def protect(self, t) -> None:
+        """Before an in-place operation on ``t``: recorded tensors sharing its memory keep their own
+        values (copies), so a relevance is never read off a tensor overwritten later (``out += x``)."""
+        if not isinstance(t, torch.Tensor):
+            return
+        storage = t.untyped_storage().data_ptr()
+        for table in (self.outputs, self.inputs, self.functional):
+            for k, v in table.items():
+                if isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == storage:
+                    table[k] = v.detach().clone()
+                elif isinstance(v, tuple):
+                    table[k] = tuple(u.detach().clone() if isinstance(u, torch.Tensor)
+                                     and u.untyped_storage().data_ptr() == storage else u for u in v)
+
+    def _key(self, caller, name) -> str:
+        key = f"{self._caller_name(caller)}:{name}"
+        k = self.calls[key] = self.calls.get(key, 0) + 1
+        return f"{key}#{k}"
+
+    def _reference_of(self, key, name, caller):
+        if self.reference is None:
+            return None
+        if key not in self.reference.functional:
+            self._refuse(name, caller, "the reference pass did not make the same call (the forward code depends "
+                                       "on the input); lidlib needs the same computation for X and X̂")
+        return self.reference.functional[key]
+
+    def function(self, func, name, args, kwargs, caller, augmented=False):
+        """One function called by forward code outside layer modules (the guard's depth 0).
+        ``augmented``: the call is an augmented assignment (``out += x``), which rebinds its name:
+        it is computed out of place, so the tensor it would overwrite keeps its value."""
+        inplace = name.endswith("_") and not name.startswith("__")
+        shown = _public_name(func)
+        base = name.rstrip("_") if inplace else name
+        if inplace and augmented and hasattr(torch.Tensor, base):
+            return self.function(getattr(torch.Tensor, base), base, args, kwargs, caller)
+        if inplace and args and isinstance(args[0], torch.Tensor):
+            if type(args[0].grad_fn).__name__.startswith("_SubstituteBackward"):
+                self._refuse(shown, caller, "it overwrites the output of a layer whose rule needs it; use the "
+                                           "out-of-place form (`x = x + y`)")
+            self.protect(args[0])
+        fam = function_family(base) or function_family(name)
+        if fam is None or fam.kind == "refused":
+            out = func(*args, **kwargs)
+            if _has_tensor(out) and any(_is_activation(a) for a in list(args) + list(kwargs.values())):
+                hint = (" (if it is the model's output: the model must return logits, the SG/ST/SIG tops apply "
+                        "the softmax)" if "softmax" in base else "")
+                self._refuse(shown, caller, "it is not linear and lidlib has no rule for it; write it as a layer "
+                                            f"module of a supported family ({supported_layers()}) or register "
+                                            f"one{hint}")
+            return out
+        if fam.kind == "linear":
+            if base in ("div", "__truediv__", "true_divide") and len(args) > 1 and _is_activation(args[1]):
+                self._refuse(shown, caller, "a division by an activation is not linear and has no rule")
+            return func(*args, **kwargs)
+        if fam.kind == "product":
+            a, b = (list(args) + [kwargs.get("other")])[:2]
+            if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+                return func(*args, **kwargs)                 # times a number: linear
+            if inplace:
+                self._refuse(shown, caller, "an in-place product of two tensors; write `a = a * b`")
+            key = self._key(caller, base)
+            y = torch.mul(a, b)
+            if self.method is None:
+                self.functional[key] = (a, b)
+                return y
+            ref = self._reference_of(key, shown, caller)
+            a_ref, b_ref = ref if ref is not None else (None, None)
+            new = product_rule(self.method.rule, a, b, a_ref, b_ref, self.n_steps)
+            return y if new is None else new
+        if inplace or kwargs.get("return_indices") or (base.startswith("max_pool") and len(args) > 6 and args[6]):
+            self._refuse(shown, caller, "an in-place or index-returning non-linear call; use the result of the "
+                                       "out-of-place function (e.g. `x = F.relu(x)`)")
+        layer, x = call_layer(fam, func, args, kwargs)
+        y = layer(x)
+        key = self._key(caller, base)
+        if self.method is None:
+            self.functional[key] = (x, y)
+            return y
+        ref = self._reference_of(key, shown, caller)
+        if ref is None:
+            x_ref, y_ref = (torch.zeros((), dtype=x.dtype, device=x.device) for _ in range(2))
+        else:
+            x_ref, y_ref = ref
+        new = apply_rule(self.method.rule, layer, x, x_ref, y, y_ref, self.n_steps)
+        return y if new is None else new
+
 
 
 class _SharedPools(dict):
@@ -302,7 +453,7 @@ def reference_pass(model: nn.Module, baseline: torch.Tensor, method: Method, sha
     with patched(model, _pool_forwards(leaves, method, [reference])) as handles:
         handles += shape_hooks(model, x_shape)
         handles += [m.register_forward_hook(reference.hook) for m in names]
-        handles += _guard_hooks(guard, leaves)
+        handles += _guard_hooks(guard, names, reference)
         with torch.no_grad(), guard:
             z_ref = model(baseline)
     return Reference(reference, z_ref, baseline, shared)
@@ -327,7 +478,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     with patched(model, _pool_forwards(leaves, method, [actual])) as handles:
         handles += shape_hooks(model, x.shape)
         handles += [m.register_forward_hook(actual.hook) for m in names]
-        handles += _guard_hooks(guard, leaves)
+        handles += _guard_hooks(guard, names, actual)
         with torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)
             with guard:
@@ -339,7 +490,8 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             writable = ref if reference is not None and not reference.shared else None
             recorder = _Recorder(writable, [baseline, z_ref, x_in] + list(model.parameters()) + list(model.buffers()))
             for k in keys:
-                recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None, actual.outputs[k] is x_in)
+                recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None, actual.outputs[k] is x_in,
+                               actual.nodes.get(k))
             aliases = actual.aliases
             actual = _release(actual)                    # what the backward pass needs is held by autograd
             if reference is not None and not reference.shared:
@@ -384,14 +536,16 @@ class _Recorder:
                and ref.shape == t.shape and ref.dtype == t.dtype and ref.is_contiguous())
         return torch.sub(t, ref, out=ref if own else None).mul_(g)
 
-    def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor], is_input: bool = False) -> None:
+    def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor], is_input: bool = False,
+              node=None) -> None:
         """Compute ``key``'s relevance when the backward pass reaches ``t``; until then the recorder
-        holds ``t`` and ``ref``, and releases them as soon as the product is taken."""
+        holds ``t`` and ``ref``, and releases them as soon as the product is taken.  ``node``:
+        ``(autograd node, output index)`` that produced ``t`` when it was recorded (``t`` itself may be
+        a copy of a tensor modified in place later); default ``t``'s own."""
         self.pending[key] = (t.detach(), ref, is_input)
-        node = t.grad_fn
+        node, nr = node if node is not None else (t.grad_fn, t.output_nr)
         if node is None:
             return
-        nr = t.output_nr
 
         def post(grad_inputs, grad_outputs):
             g = grad_outputs[nr]
@@ -413,6 +567,7 @@ def _release(p: "_Pass") -> None:
     p.outputs.clear()
     p.inputs.clear()
     p.pooled.clear()
+    p.functional.clear()
     return None
 
 
@@ -420,10 +575,12 @@ def _storage(t) -> int:
     return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else 0
 
 
-def _guard_hooks(guard: _FunctionalGuard, leaves):
-    """Count the depth inside layer modules; the leave hook runs after the rule's forward hook."""
-    return ([m.register_forward_pre_hook(guard.enter) for m in leaves]
-            + [m.register_forward_hook(guard.leave) for m in leaves])
+def _guard_hooks(guard: _FunctionalGuard, modules, pass_: _Pass):
+    """Point the guard at ``pass_`` and track which module's forward runs (and the depth inside
+    layer modules); the leave hook runs after the rule's forward hook."""
+    guard.start(pass_)
+    return ([m.register_forward_pre_hook(guard.enter) for m in modules]
+            + [m.register_forward_hook(guard.leave) for m in modules])
 
 
 def _check_logits(z, target, x):

@@ -3,6 +3,10 @@
     python scripts/benchmark.py                       # VGG-16 (random weights, non-zero biases)
     python scripts/benchmark.py --models vgg16 efficientnet --all --oracles
     python scripts/benchmark.py --explainer --batches 1 8   # lidlib.Explainer vs lidlib.explain
+    python scripts/benchmark.py --models resnet50 mobilenet_v3_large efficientnet_b0 convnext_tiny --oracles
+
+The torchvision families (issue 11) have random weights with non-zero biases (BatchNorm statistics
+as initialised).
 
 Rows marked "input" keep only the input's relevance (``layers=[]``), the output a plain gradient
 gives; the others keep the relevance of every layer.
@@ -37,6 +41,21 @@ def vgg16_with_biases(seed=0):
     return m.eval()
 
 
+#: torchvision classifiers beyond VGG (random weights, eval mode)
+TORCHVISION = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
+
+
+def torchvision_with_biases(name, seed=0):
+    import torchvision
+    torch.manual_seed(seed)
+    m = getattr(torchvision.models, name)(weights=None)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) and mod.bias is not None:
+                mod.bias.normal_(0, 0.05)
+    return m.eval()
+
+
 def plain_gradient(model, x, target):
     x = x.clone().requires_grad_(True)
     z = model(x)
@@ -46,8 +65,14 @@ def plain_gradient(model, x, target):
 
 def measure(fns: dict, repeats: int):
     """Median seconds per named callable, interleaving the callables in every round."""
-    for fn in fns.values():
-        fn()                                      # warm-up
+    failed = []
+    for k, fn in list(fns.items()):
+        try:
+            fn()                                  # warm-up
+        except Exception as err:                  # e.g. Captum DeepLift on a network that reuses a ReLU
+            print(f"{k}: does not run here ({type(err).__name__}: {str(err)[:90]})")
+            failed.append(k)
+    fns = {k: fn for k, fn in fns.items() if k not in failed}
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
@@ -118,7 +143,7 @@ def measure_all(fns: dict, repeats: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["vgg16"], choices=["vgg16", "efficientnet"])
+    ap.add_argument("--models", nargs="+", default=["vgg16"], choices=["vgg16", "efficientnet", *TORCHVISION])
     ap.add_argument("--all", action="store_true", help="every method of lidlib.METHODS")
     ap.add_argument("--oracles", action="store_true", help="also Captum and Zennit where they apply")
     ap.add_argument("--scorecam", action="store_true", help="with --all: include ScoreCAM (one forward per channel)")
@@ -129,7 +154,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
-        model = vgg16_with_biases() if name == "vgg16" else models.efficientnet_lite0()
+        model = (vgg16_with_biases() if name == "vgg16" else models.efficientnet_lite0() if name == "efficientnet"
+                 else torchvision_with_biases(name))
         if args.explainer:
             explainer_rows(model, name, args.batches, args.repeats, args.threads)
             continue

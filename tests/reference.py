@@ -9,7 +9,14 @@ Everything is float64, one sample at a time, with dense matrices and explicit lo
   breakpoints (element-wise) or by the upper envelope of each max-pool window's lines;
 * the messages ``R_{j→i} = R_j A_ji u_i / v_j`` and their column sums (Eq. 3, 5, 7, 9, 13, 20).
 
-Nothing here is imported from lidlib except the method table (names → axes).
+* smooth element-wise layers: σ' integrated along the path by adaptive quadrature (``scipy.integrate.quad``,
+  split at Hardswish's and Hardsigmoid's kinks); normalisation layers: the dense Jacobian integrated along
+  the layer's own input path (``scipy.integrate.quad_vec``);
+* a :class:`Gate` ``x ⊙ branch(x)`` (squeeze-excitation): each factor gets the other's path average,
+  the mean of its values at the samples, and the branch is walked through recursively.
+
+Nothing here is imported from lidlib except the method table (names → axes) and the table of layer
+families (which formula a layer gets: :func:`lidlib.rules.family`).
 """
 from __future__ import annotations
 
@@ -19,7 +26,22 @@ import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
-ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+
+def _kind(layer):
+    from lidlib.rules import family
+    fam = family(layer)
+    return fam.kind if fam is not None else None
+
+
+class Gate(nn.Module):
+    """``x ⊙ branch(x)``: a squeeze-excitation-like product of two tensors (for the tests)."""
+
+    def __init__(self, *branch):
+        super().__init__()
+        self.branch = nn.Sequential(*branch)
+
+    def forward(self, x):
+        return x * self.branch(x)
 
 
 def softmax_row(z, c):
@@ -65,9 +87,35 @@ def _slope(layer, p):
 
 
 def _breaks(layer):
-    if isinstance(layer, nn.ReLU6):
-        return [0.0, 6.0]
-    return [0.0]
+    if isinstance(layer, nn.Hardtanh):          # ReLU6 = Hardtanh(0, 6)
+        return [float(layer.min_val), float(layer.max_val)]
+    if isinstance(layer, (nn.Hardswish, nn.Hardsigmoid)):
+        return [-3.0, 3.0]
+    if isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
+        return [0.0]
+    return []
+
+
+def smooth_exact(layer, x, x_ref):
+    """``D̄_jj = ∫₀¹ σ'(x̂_j + tΔx_j) dt`` by adaptive quadrature, element by element."""
+    from scipy.integrate import quad
+    out = torch.zeros_like(x)
+    for j in range(len(x)):
+        a, b = float(x_ref[j]), float(x[j] - x_ref[j])
+        d = lambda t: float(_slope(layer, torch.tensor([a + t * b], dtype=torch.float64))[0])
+        if b == 0:
+            out[j] = d(0.0)
+            continue
+        kinks = sorted((k - a) / b for k in _breaks(layer) if 0 < (k - a) / b < 1)
+        out[j] = quad(d, 0.0, 1.0, points=kinks or None, epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+    return torch.diag(out)
+
+
+def norm_exact(f, x, x_ref):
+    """``D̄ = ∫₀¹ J(x̂ + tΔx) dt`` of a normalisation layer, the dense Jacobian by adaptive quadrature."""
+    from scipy.integrate import quad_vec
+    J = lambda t: jacobian(f, x_ref + t * (x - x_ref)).numpy()
+    return torch.tensor(quad_vec(J, 0.0, 1.0, epsabs=1e-14, epsrel=1e-13)[0])
 
 
 def elementwise_exact(layer, x, x_ref):
@@ -127,13 +175,15 @@ def maxpool_matrix(pool: nn.MaxPool2d, shape, x, x_ref, n):
 def layer_matrix(layer, rule, shape, x, x_ref, n):
     """The matrix ``A`` of one layer under a middle rule (Table 3)."""
     f = _flat(layer, shape)
-    if isinstance(layer, ELEMENTWISE):
+    kind = _kind(layer)
+    if kind in ("piecewise", "smooth", "norm"):
         mode = rule.elementwise
         xs = x.reshape(-1)
         if mode == "D":
             return jacobian(f, xs)
         if mode == "D̄exact" or n is None:
-            return elementwise_exact(layer, xs, x_ref.reshape(-1))
+            exact = {"piecewise": elementwise_exact, "smooth": smooth_exact}.get(kind)
+            return exact(layer, xs, x_ref.reshape(-1)) if exact else norm_exact(f, xs, x_ref.reshape(-1))
         return sum(jacobian(f, x_ref.reshape(-1) + (k / n) * (xs - x_ref.reshape(-1))) for k in range(1, n + 1)) / n
     if isinstance(layer, nn.MaxPool2d):
         if rule.maxpool == "D":
@@ -154,31 +204,64 @@ def _positive_copy(layer):
     return pos
 
 
+def _forward(layers, x):
+    ys = [x]
+    with torch.no_grad():
+        for layer in layers:
+            ys.append(layer(ys[-1][None])[0])
+    return ys
+
+
+def _mean_factor(rule, n, v, v_ref):
+    """A factor's path average: its mean at the samples (``D``: its value at the input)."""
+    if rule.elementwise == "D":
+        return v
+    w = 0.5 if rule.elementwise == "D̄exact" or n is None else (n + 1) / (2 * n)
+    return v_ref + w * (v - v_ref)
+
+
+def _backward(layers, ys, refs, R, method, n, prefix, out):
+    """Division forms from the last layer of ``layers`` down; records ``out[prefix + i]``, returns R(input)."""
+    for idx in reversed(range(len(layers))):
+        layer = layers[idx]
+        if isinstance(layer, Gate):      # y = a ⊙ b, a = x, b = branch(x)
+            a, a_ref = ys[idx], refs[idx]
+            bys = _forward(layer.branch, a)
+            brefs = _forward(layer.branch, a_ref) if method.increment else [torch.zeros_like(t) for t in bys]
+            b, b_ref = bys[-1].expand_as(a), brefs[-1].expand_as(a)
+            a_bar, b_bar = _mean_factor(method.rule, n, a, a_ref), _mean_factor(method.rule, n, b, b_ref)
+            dy = ys[idx + 1] - refs[idx + 1]
+            R_a, R_b = torch.zeros_like(a), torch.zeros_like(a)
+            for i in range(a.numel()):   # R_{y→a} = R_y b̄ Δa / Δy, R_{y→b} = R_y ā Δb / Δy
+                if dy.reshape(-1)[i] != 0:
+                    Ri, dyi = R.reshape(-1)[i], dy.reshape(-1)[i]
+                    R_a.view(-1)[i] = Ri * b_bar.reshape(-1)[i] * (a - a_ref).reshape(-1)[i] / dyi
+                    R_b.view(-1)[i] = Ri * a_bar.reshape(-1)[i] * (b - b_ref).reshape(-1)[i] / dyi
+            R_b = R_b.sum_to_size(bys[-1].shape)     # a broadcast gate collects its messages
+            out[f"{prefix}{idx}.branch.{len(layer.branch) - 1}"] = R_b
+            R = R_a + _backward(layer.branch, bys, brefs, R_b, method, n, f"{prefix}{idx}.branch.", out)
+        else:
+            A = layer_matrix(layer, method.rule, ys[idx].shape, ys[idx], refs[idx], n)
+            u = (ys[idx] - refs[idx]).reshape(-1)
+            v = (ys[idx + 1] - refs[idx + 1]).reshape(-1)
+            if method.rule.linear == "z+" and isinstance(layer, (nn.Linear, nn.Conv2d)):
+                v = A @ u
+            Rf = R.reshape(-1)
+            R_in = torch.zeros_like(u)
+            for j in range(A.shape[0]):          # R_{j→i} = R_j A_ji u_i / v_j, absorbed over j (Eq. 3)
+                if v[j] != 0 and Rf[j] != 0:
+                    R_in += Rf[j] * A[j] * u / v[j]
+            R = R_in.reshape(ys[idx].shape)
+        if idx > 0:
+            out[f"{prefix}{idx - 1}"] = R
+    return R
+
+
 def relevances(model: nn.Sequential, method, x, c, baseline, n):
     """Relevance of every layer of one sample ``x`` (no batch dim) by the division forms."""
-    with torch.no_grad():
-        ys = [x]
-        for layer in model:
-            ys.append(layer(ys[-1][None])[0])
-        if method.increment:
-            refs = [baseline]
-            for layer in model:
-                refs.append(layer(refs[-1][None])[0])
-        else:
-            refs = [torch.zeros_like(t) for t in ys]
+    ys = _forward(model, x)
+    refs = _forward(model, baseline) if method.increment else [torch.zeros_like(t) for t in ys]
     R, _ = top(method.top, ys[-1], refs[-1], c, n)
     out = {str(len(model) - 1): R}
-    for idx in reversed(range(len(model))):
-        A = layer_matrix(model[idx], method.rule, ys[idx].shape, ys[idx], refs[idx], n)
-        u = (ys[idx] - refs[idx]).reshape(-1)
-        v = (ys[idx + 1] - refs[idx + 1]).reshape(-1)
-        if method.rule.linear == "z+" and isinstance(model[idx], (nn.Linear, nn.Conv2d)):
-            v = A @ u
-        Rf = R.reshape(-1)
-        R_in = torch.zeros_like(u)
-        for j in range(A.shape[0]):          # R_{j→i} = R_j A_ji u_i / v_j, absorbed over j (Eq. 3)
-            if v[j] != 0 and Rf[j] != 0:
-                R_in += Rf[j] * A[j] * u / v[j]
-        R = R_in.reshape(ys[idx].shape)
-        out[str(idx - 1) if idx > 0 else "input"] = R
+    out["input"] = _backward(model, ys, refs, R, method, n, "", out)
     return out

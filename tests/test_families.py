@@ -1,0 +1,382 @@
+"""Every torchvision classifier family, exactly: smooth activations, products, normalisation,
+forward-code functions and in-place residuals (the layer families of ``lidlib.rules.FAMILIES``)."""
+import copy
+import re
+import types
+import warnings
+
+import pytest
+import reference
+import torch
+import torch.nn.functional as F
+from reference import Gate
+from test_reliability import _assert_same, _state
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models.convnext import CNBlockConfig, LayerNorm2d
+
+import lidlib
+from lidlib import rules
+from lidlib.methods import METHODS
+
+
+def _init(model, seed=0, size=16, bias_std=0.3, channels=3):
+    """float64, fan-in scaled random weights, non-zero biases, random affine norms, and BatchNorm
+    statistics of random inputs (torchvision's own initialisation leaves some families degenerate)."""
+    g = torch.Generator().manual_seed(seed)
+    model = model.double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g, dtype=torch.float64)
+                               * (2.0 / m.weight[0].numel()) ** 0.5)
+                if m.bias is None:
+                    m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=torch.float64))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * bias_std)
+            if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+            if hasattr(m, "layer_scale"):
+                m.layer_scale.copy_(torch.rand(m.layer_scale.shape, generator=g) + 0.5)
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model.train()
+            model(torch.randn(4, channels, size, size, generator=g, dtype=torch.float64))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- every new rule vs the reference
+REF_MODELS = {
+    "smooth": lambda: nn.Sequential(nn.Linear(5, 7), nn.SiLU(), nn.Linear(7, 6), nn.GELU(), nn.Linear(6, 6),
+                                    nn.Hardswish(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 5), nn.Hardsigmoid(),
+                                    nn.Linear(5, 5), nn.ELU(), nn.Linear(5, 5), nn.Mish(), nn.Linear(5, 4)),
+    "norm": lambda: nn.Sequential(nn.Conv2d(2, 4, 2), nn.GroupNorm(2, 4), nn.Sigmoid(),
+                                  nn.Conv2d(4, 3, 2), LayerNorm2d(3), nn.Softplus(), nn.Flatten(),
+                                  nn.Linear(3, 6), nn.LayerNorm(6), nn.GELU(approximate="tanh"), nn.Linear(6, 4)),
+    "gate": lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.SiLU(),
+                                  Gate(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 1),
+                                       nn.Sigmoid()),
+                                  nn.Conv2d(4, 3, 3), nn.ReLU(), Gate(nn.Conv2d(3, 3, 1), nn.Tanh()), nn.Flatten(),
+                                  nn.Linear(12, 4)),
+}
+
+
+def _ref_data(name):
+    g = torch.Generator().manual_seed(10)
+    shape = {"smooth": (1, 5), "norm": (1, 2, 3, 3)}.get(name, (1, 2, 4, 4))
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0
+    baseline = torch.randn(shape[1:], generator=g, dtype=torch.float64) * 0.5
+    return x, baseline
+
+
+CASES = [("LID-IG", 3), ("LID-IG", None), ("SIG-LID-IG", 3), ("SIG-LID-IG", None), ("LID-Taylor", None),
+         ("DeepLIFT", None), ("LRP-0", None), ("SG-LRP-ZP", None)]
+
+
+@pytest.mark.parametrize("model_name,method,n_steps",
+                         [(m, *c) for m in REF_MODELS for c in CASES
+                          if not (m == "norm" and METHODS[c[0]].increment is False and c[1] is None)]
+                         )
+def test_new_rules_match_the_slow_reference_at_every_layer(model_name, method, n_steps):
+    model = REF_MODELS[model_name]()
+    torch.manual_seed(1)
+    model = _init(model, seed=3, bias_std=0.5)
+    x, baseline = _ref_data(model_name)
+    e = lidlib.explain(model, x, 2, method, baseline=baseline, n_steps=n_steps)
+    ref = reference.relevances(model, METHODS[method], x[0], 2, baseline, n_steps)
+    assert set(ref) <= set(e.relevance)
+    tol = 1e-6 if method == "SG-LRP-ZP" else 1e-7      # the z⁺ rule adds ε = 1e-9 to its denominators
+    for layer, r in ref.items():
+        fast = e.relevance[layer][0]
+        scale = float(r.abs().max().clamp_min(1e-12))
+        assert torch.allclose(fast, r, rtol=tol, atol=tol * scale), (layer, float((fast - r).abs().max()))
+
+
+def test_reference_sees_the_product_rule():
+    """The comparison can fail: exact LID-IG differs from LID-Taylor and from n = 3 at the gates."""
+    model = _init(REF_MODELS["gate"](), seed=3, bias_std=0.5)
+    x, baseline = _ref_data("gate")
+    exact = lidlib.explain(model, x, 2, "LID-IG", baseline=baseline, n_steps=None).relevance["2.branch.4"]
+    for other in (dict(method="LID-IG", n_steps=3), dict(method="LID-Taylor")):
+        r = lidlib.explain(model, x, 2, baseline=baseline, **other).relevance["2.branch.4"]
+        assert (r - exact).abs().max() > 1e-4 * exact.abs().max()
+
+
+def test_smooth_exact_is_the_secant_and_sampled_is_the_mean_derivative():
+    g = torch.Generator().manual_seed(0)
+    x_ref = torch.randn(400, generator=g, dtype=torch.float64) * 4
+    x = torch.randn(400, generator=g, dtype=torch.float64) * 4
+    x[:30] = x_ref[:30]                               # Δx = 0: σ'(x)
+    x[30:60] = x_ref[30:60] + 1e-9                    # tiny Δx: no cancellation
+    for act in (nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Sigmoid(), nn.ELU(), nn.Softplus()):
+        exact = rules.smooth_path_slope(act, x, x_ref, act(x), act(x_ref), None)
+        slow = torch.diagonal(reference.smooth_exact(act, x[:70], x_ref[:70]))
+        assert torch.allclose(exact[:70], slow, rtol=1e-9, atol=1e-12), type(act).__name__
+        assert torch.allclose(exact * (x - x_ref), act(x) - act(x_ref), rtol=0, atol=1e-14)   # conserves
+        n3 = rules.smooth_path_slope(act, x, x_ref, act(x), act(x_ref), 3)
+        mean = torch.stack([reference._slope(act, x_ref + k / 3 * (x - x_ref)) for k in (1, 2, 3)]).mean(0)
+        assert torch.allclose(n3, mean, rtol=1e-12, atol=1e-14)
+
+
+def test_lrp_family_through_a_normalisation_layer_warns_with_the_measured_error():
+    """From the zero reference (LRP) the path starts where LayerNorm's variance is 0: its Jacobian
+    peaks sharply at t = 0 and the quadrature says how far it got instead of pretending."""
+    model = _init(REF_MODELS["norm"](), seed=3, bias_std=0.5)
+    x, _ = _ref_data("norm")
+    with pytest.warns(RuntimeWarning, match=r"relative error of .* Gauss–Legendre nodes"):
+        lidlib.explain(model, x, 2, "LRP-0", n_steps=None)
+
+
+def test_norm_quadrature_reports_its_error_and_warns_when_it_cannot_reach_it(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    layer = nn.LayerNorm(6).double()
+    x, x_ref = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(3, 6, generator=g, dtype=torch.float64)
+    grad = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    v, nodes, err = rules.norm_path_vjp(layer, x, x_ref, grad, None)
+    assert err <= 64 * torch.finfo(torch.float64).eps and nodes in rules.QUADRATURE_NODES
+    slow = torch.stack([grad[b] @ reference.norm_exact(lambda t: layer(t), x[b], x_ref[b]) for b in range(3)])
+    assert torch.allclose(v, slow, rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(rules, "QUADRATURE_NODES", (1, 2))
+    with pytest.warns(RuntimeWarning, match="Gauss–Legendre"):
+        _, _, err = rules.norm_path_vjp(layer, x, x_ref, grad, None)
+    assert err > 64 * torch.finfo(torch.float64).eps
+
+
+# ----------------------------------------------------------------------------- torchvision's families
+def _resnext(**kw):
+    from torchvision.models.resnet import Bottleneck, ResNet
+    return ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=8, **kw)
+
+
+def _densenet(**kw):
+    return tvm.DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2, **kw)
+
+
+def _convnext(**kw):
+    return tvm.ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 1)], stochastic_depth_prob=0.1, **kw)
+
+
+def _efficientnet_v2(**kw):
+    from torchvision.models.efficientnet import FusedMBConvConfig, MBConvConfig
+    setting = [FusedMBConvConfig(1, 3, 1, 8, 8, 1), FusedMBConvConfig(4, 3, 2, 8, 16, 1),
+               MBConvConfig(4, 3, 2, 16, 24, 2)]
+    return tvm.EfficientNet(setting, dropout=0.2, last_channel=64, **kw)
+
+
+#: (builder, input size, names (re.fullmatch) of the modules whose outputs cut the network)
+FAMILY_MODELS = {
+    "resnet18": (tvm.resnet18, 32, r"layer\d\.\d|maxpool"),
+    "resnext": (_resnext, 32, r"layer\d\.\d"),
+    "densenet": (_densenet, 32, r"features\.(denseblock|transition)\d"),
+    "googlenet": (lambda **kw: tvm.googlenet(aux_logits=False, init_weights=True, **kw), 32, r"inception\d\w|maxpool\d"),
+    "squeezenet": (tvm.squeezenet1_1, 32, r"features\.\d+"),
+    "mobilenet_v2": (lambda **kw: tvm.mobilenet_v2(width_mult=0.35, **kw), 32, r"features\.\d+"),
+    "mobilenet_v3": (tvm.mobilenet_v3_small, 32, r"features\.\d+"),
+    "efficientnet_b0": (tvm.efficientnet_b0, 32, r"features\.\d(\.\d)?"),
+    "efficientnet_v2": (_efficientnet_v2, 32, r"features\.\d(\.\d)?"),
+    "regnet_y": (tvm.regnet_y_400mf, 32, r"stem|trunk_output\.block\d(\.block\d-\d)?"),
+    "shufflenet_v2": (tvm.shufflenet_v2_x0_5, 32, r"maxpool|stage\d(\.\d)?"),
+    "mnasnet": (tvm.mnasnet0_5, 32, r"layers\.\d+"),
+    "convnext": (_convnext, 32, r"features\.\d(\.\d)?"),
+}
+
+
+def _family(name):
+    build, size, cuts = FAMILY_MODELS[name]
+    torch.manual_seed(0)
+    model = _init(build(num_classes=10), size=size)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, size, size, generator=g, dtype=torch.float64)
+    base = torch.randn(1, 3, size, size, generator=g, dtype=torch.float64) * 0.3
+    with torch.no_grad():                               # logits spread over a few units, not hundreds
+        last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        spread = float((model(x) - model(base)).abs().max())
+        last.weight.mul_(4.0 / spread)
+        last.bias.mul_(4.0 / spread)                               # the class whose probability moves most
+        target = int((model(x).softmax(1) - model(base).softmax(1)).abs()[0].argmax())
+    return model, x, base, target, cuts
+
+
+@pytest.mark.parametrize("name", list(FAMILY_MODELS))
+def test_every_family_conserves_exactly_at_the_input_and_at_block_outputs(name):
+    model, x, base, target, cuts = _family(name)
+    before = _state(model)
+    for method in ("LID-IG", "SIG-LID-IG"):
+        e = lidlib.explain(model, x, target, method, baseline=base, n_steps=None)
+        table = e.conservation()
+        cut_names = [n for n, _ in model.named_modules() if re.fullmatch(cuts, n)]
+        assert len(cut_names) >= 2, cut_names
+        gaps = {r[0]: r[3] for r in table.as_rows()}
+        assert gaps["input"] <= 1e-9, (method, gaps["input"])
+        worst = table.max_rel_gap(cut_names)
+        assert worst <= 1e-9, (method, worst)
+        assert abs(float(e.total[0])) > 1e-6                          # not a degenerate model
+    _assert_same(before, _state(model))
+
+
+def test_block_outputs_are_where_conservation_is_checked():
+    """The check above can fail: a branch of a residual block alone does not conserve."""
+    model, x, base, target, _ = _family("resnet18")
+    e = lidlib.explain(model, x, target, "LID-IG", baseline=base, n_steps=None)
+    assert e.conservation().max_rel_gap(["layer1.0.bn2"]) > 1e-3
+
+
+# ----------------------------------------------------------------------------- in-place residuals
+def _out_of_place_basic_block(self, x):
+    identity = x
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    if self.downsample is not None:
+        identity = self.downsample(x)
+    out = out + identity
+    return self.relu(out)
+
+
+@pytest.mark.parametrize("method,n", [("LID-IG", None), ("SIG-LID-IG", 10), ("LRP-0", None), ("LID-Taylor", None)])
+def test_resnet_in_place_residual_keeps_each_layers_own_relevance(method, n):
+    from torchvision.models.resnet import BasicBlock
+    model, x, base, target, _ = _family("resnet18")
+    copy_ = copy.deepcopy(model)
+    for m in copy_.modules():
+        if isinstance(m, BasicBlock):
+            m.forward = types.MethodType(_out_of_place_basic_block, m)
+    a = lidlib.explain(model, x, target, method, baseline=base, n_steps=n)
+    b = lidlib.explain(copy_, x, target, method, baseline=base, n_steps=n)
+    assert set(a.relevance) == set(b.relevance)
+    for k in b.relevance:
+        torch.testing.assert_close(a.relevance[k], b.relevance[k], rtol=1e-12, atol=1e-15)
+    if method != "LRP-0":   # BatchNorm is affine per channel: bn2's relevance is conv2's, element by element
+        torch.testing.assert_close(a.relevance["layer1.0.bn2"], a.relevance["layer1.0.conv2"], rtol=1e-9, atol=1e-15)
+
+
+class _StatementAdd(nn.Module):
+    """``out.add_(x)`` as a statement (not ``+=``): done in place, recorded tensors copied first."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.relu, self.fc = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Linear(32, 3)
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out.add_(x)
+        return self.fc(self.relu(out).flatten(1))
+
+
+def test_in_place_statement_does_not_corrupt_the_recorded_relevance():
+    model = _init(_StatementAdd(), size=4, channels=2)
+    g = torch.Generator().manual_seed(0)
+    x, base = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64)
+    e = lidlib.explain(model, x, 1, "LID-IG", baseline=base, n_steps=None)
+    torch.testing.assert_close(e.relevance["bn"], e.relevance["conv"], rtol=1e-9, atol=1e-15)
+    assert e.conservation().as_rows()[0][3] <= 1e-12
+
+
+# ----------------------------------------------------------------------------- functional calls
+class _FunctionalNet(nn.Module):
+    def __init__(self, functional=True):
+        super().__init__()
+        self.functional = functional
+        self.c1, self.c2, self.fc = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.Linear(64, 3)
+        self.r, self.s, self.p = nn.ReLU(), nn.SiLU(), nn.MaxPool2d(2)
+
+    def forward(self, x):
+        if self.functional:
+            h = F.max_pool2d(F.relu(self.c1(x), inplace=True), 2)
+            return self.fc(torch.flatten(F.silu(self.c2(h)), 1))
+        return self.fc(torch.flatten(self.s(self.c2(self.p(self.r(self.c1(x))))), 1))
+
+
+@pytest.mark.parametrize("method,n", [("LID-IG", None), ("LID-IG", 3), ("SIG-LID-IG", None), ("DeepLIFT", None),
+                                      ("LRP-0", None)])
+def test_functional_relu_silu_maxpool_get_their_layers_rule(method, n):
+    """DenseNet's and GoogLeNet's F.relu: a forward-code call gets the rule of the layer it is."""
+    f = _init(_FunctionalNet(True), size=8)
+    m = _init(_FunctionalNet(False), size=8)
+    m.load_state_dict(f.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x, base = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64), torch.randn(1, 2, 8, 8, generator=g, dtype=torch.float64)
+    a = lidlib.explain(f, x, 1, method, baseline=base, n_steps=n)
+    b = lidlib.explain(m, x, 1, method, baseline=base, n_steps=n)
+    for k in ("input", "c1", "c2"):
+        torch.testing.assert_close(a.relevance[k], b.relevance[k], rtol=1e-12, atol=1e-14)
+
+
+def test_shufflenet_empty_sequential_is_an_identity():
+    assert rules.family(nn.Sequential()).kind == "linear"
+    assert rules.family(nn.Sequential(nn.ReLU())) is None            # a container, not a layer
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    e = lidlib.explain(model, torch.randn(1, 3, dtype=torch.float64), 1, "LID-IG", n_steps=None)
+    torch.testing.assert_close(e.relevance["1"], e.relevance["0"])
+
+
+# ----------------------------------------------------------------------------- refusals
+def test_multihead_attention_and_vit_are_refused_by_name():
+    from torchvision.models.vision_transformer import VisionTransformer
+    vit = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16).eval()
+    with pytest.raises(TypeError, match=r"encoder\.layers\.encoder_layer_0\.self_attention.*MultiheadAttention.*attention"):
+        lidlib.explain(vit, torch.randn(1, 3, 16, 16), 0, "LID-IG")
+
+
+class _Calls(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.lin = how, nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.how == "softmax":
+            return torch.softmax(h, 1) * 3
+        if self.how == "divide":
+            return h / h.norm(dim=1, keepdim=True)
+        if self.how == "layer_norm":
+            return F.layer_norm(h, (3,))
+        if self.how == "relu_":
+            return h.relu_()
+        if self.how == "substitute":
+            r = torch.relu(h)
+            r.add_(1.0)
+            return r
+        raise ValueError(self.how)
+
+
+@pytest.mark.parametrize("how,what", [("softmax", "softmax"), ("divide", "norm"), ("layer_norm", "layer_norm"),
+                                      ("relu_", "relu_"), ("substitute", "add_")])
+def test_non_linear_forward_code_without_a_rule_is_refused_naming_the_module(how, what):
+    model = nn.Sequential(nn.Linear(4, 4), _Calls(how)).double().eval()
+    before = _state(model)
+    with pytest.raises(TypeError, match=rf"{what}\(\.\.\.\) in the forward code of module '1' \(_Calls\)"):
+        lidlib.explain(model, torch.randn(2, 4, dtype=torch.float64), 1, "LID-IG")
+    _assert_same(before, _state(model))
+
+
+def test_unknown_layer_error_lists_the_families_and_how_to_add_one():
+    class Cube(nn.Module):
+        def forward(self, x):
+            return x ** 3
+    model = nn.Sequential(nn.Linear(3, 4), Cube(), nn.Linear(4, 2)).double().eval()
+    with pytest.raises(TypeError, match=r"'1' \(Cube\).*smooth activations: SiLU.*register_elementwise"):
+        lidlib.explain(model, torch.randn(1, 3, dtype=torch.float64), 1, "LID-IG")
+    fam = rules.register_elementwise(Cube)
+    try:
+        x = torch.randn(1, 3, dtype=torch.float64)
+        e = lidlib.explain(model, x, 1, "LID-IG", baseline=torch.randn(1, 3, dtype=torch.float64), n_steps=None)
+        assert e.conservation().as_rows()[0][3] <= 1e-12
+    finally:
+        rules.FAMILIES.remove(fam)
+
+
+def test_one_table_drives_kinds_functions_and_messages():
+    names = {n for f in rules.FAMILIES for n in f.functions}
+    assert {"relu", "silu", "max_pool2d", "mul", "cat", "flatten"} <= names
+    assert lidlib.engine.NONLINEAR_FUNCTIONS == {n for f in rules.FAMILIES if f.kind not in ("linear", "refused")
+                                                for n in f.functions}
+    for f in rules.FAMILIES:
+        for t in f.modules:
+            if f.kind != "refused" and t.__name__ in rules.supported_layers():
+                continue
+            assert f.kind == "refused" or t is rules._EmptySequential, t
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rules.layer_kind(nn.SiLU()) == "smooth" and rules.layer_kind(nn.GroupNorm(1, 2)) == "norm"
