@@ -696,9 +696,13 @@ def _rewrite(path: Path, rows: List[dict]) -> None:
     os.replace(tmp, path)
 
 
-def _compute(model, sample: Sample, target: int, method: str, groups, cfg: _Config) -> List[dict]:
-    """Rows of the missing groups of one (image, method): one explanation shared by the metrics that need it."""
-    from .api import explain
+def _compute(model, sample: Sample, target: int, method: str, groups, cfg: _Config,
+             explainers: Optional[dict] = None) -> List[dict]:
+    """Rows of the missing groups of one (image, method): one explanation shared by the metrics that need it.
+    ``explainers``: method -> :class:`lidlib.Explainer`, kept across images by the caller so that the
+    reference pass is computed once per method (the results are the same bit for bit)."""
+    from .explainer import Explainer
+    explainers = {} if explainers is None else explainers
     seed = _seed_for(cfg.seed, sample.name)
     rows = []
     e = None
@@ -717,7 +721,9 @@ def _compute(model, sample: Sample, target: int, method: str, groups, cfg: _Conf
                     rows += [(n, stages, str(k + 1), float(v[k])) for k in range(cfg.n_copies)]
             continue
         if e is None:
-            e = explain(model, sample.x, target, method, n_steps=cfg.n_steps, baseline=cfg.baseline)
+            if method not in explainers:
+                explainers[method] = Explainer(model, method, n_steps=cfg.n_steps, baseline=cfg.baseline)
+            e = explainers[method](sample.x, target)
         h = M.heatmaps(e, stages)
         if name == "probability-change":
             curve = M.probability_change(model, sample.x, target, h, cfg.ratios, fill=cfg.fill, seed=seed)
@@ -820,12 +826,13 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     jobs = [(s, t, m) for s, t in zip(samples, targets) for m in names]
     from tqdm.auto import tqdm
     bar = tqdm(total=len(jobs), desc=f"{'+'.join(metrics_)}", unit="pair", disable=not progress)
+    explainers = {}
     try:
         for s, t, m in jobs:
             missing = [g for g in cfg.groups if (s.name, m, g[1], g[2]) not in complete]
             if missing:
                 bar.set_postfix_str(f"{s.name} · {m}", refresh=False)
-                rows = _compute(model, s, t, m, missing, cfg)
+                rows = _compute(model, s, t, m, missing, cfg, explainers)
                 _write_rows(out_csv, rows, header)
                 header = False
             bar.update(1)
@@ -895,14 +902,14 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
         picked = random.Random(seed).sample(in_csv, min(n_images, len(in_csv)))
         methods = list(methods or res.methods())
         samples_, targets = _validate_samples([by_name[n] for n in picked], model)
-        checked, worst = 0, 0.0
+        checked, worst, explainers = 0, 0.0, {}
         for smp, t in zip(samples_, targets):
             for m in methods:
                 old = {(r["metric"], r["stages"], r["param"]): r["value"] for r in res.select(image=smp.name, method=m)}
                 if not old:
                     continue
                 groups = [g for g in cfg.groups if any((g[1], g[2]) == k[:2] for k in old)]
-                for r in _compute(model, smp, t, m, groups, cfg):
+                for r in _compute(model, smp, t, m, groups, cfg, explainers):
                     key = (r["metric"], r["stages"], r["param"])
                     if key not in old:
                         continue

@@ -410,13 +410,17 @@ def robustness(model, x: torch.Tensor, target, explainer, *, stages=5, n_copies:
     ``explainer``: a method name (or :class:`~lidlib.Method`), explained with ``lidlib.explain`` and turned into
     a heatmap at ``stages``; or a callable ``(model, x, target) → (B, H, W)``.
     """
-    from .api import explain
+    from .explainer import Explainer
 
     if callable(explainer):
         heat = explainer
     else:
+        bound = {}                                       # one Explainer (reference pass) per model
+
         def heat(m, xx, tt):
-            return heatmaps(explain(m, xx, tt, explainer, n_steps=n_steps, baseline=baseline), stages)
+            if m not in bound:
+                bound[m] = Explainer(m, explainer, n_steps=n_steps, baseline=baseline)
+            return heatmaps(bound[m](xx, tt), stages)
     c = _targets(target, x.shape[0])
     g = torch.Generator().manual_seed(int(seed))
     hh, ww = x.shape[-2:]

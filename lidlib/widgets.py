@@ -290,6 +290,7 @@ class HeatmapRenderer:
         self._inputs: Dict[str, torch.Tensor] = {}
         self._probs: Dict[str, torch.Tensor] = {}
         self._refs: Dict[Tuple[str, str], Optional[torch.Tensor]] = {}
+        self._explainers: Dict[str, lidlib.Explainer] = {}    # method -> its Explainer (reference pass reused)
 
     # -- inputs, classes, references ----------------------------------------------------------------------------------
     def input(self, image: str) -> torch.Tensor:
@@ -379,9 +380,12 @@ class HeatmapRenderer:
         if method == "ScoreCAM":
             e = scorecam_explanation(self.model, x, idx, cache=self.scorecam_cache)
         else:
-            layers = list(getattr(self.model, "stages", {}).values()) or None
-            e = lidlib.explain(self.model, x.expand(len(idx), -1, -1, -1), torch.tensor(idx), method,
-                               baseline=self.reference(image, reference), n_steps=n, layers=layers)
+            if method not in self._explainers:
+                layers = list(getattr(self.model, "stages", {}).values()) or None
+                self._explainers[method] = lidlib.Explainer(self.model, m, layers=layers)
+            ex = self._explainers[method]
+            ex.baseline, ex.n_steps = self.reference(image, reference), n   # same baseline object: cache hit
+            e = ex(x.expand(len(idx), -1, -1, -1), torch.tensor(idx))
         self.explanations_computed += 1
         for row, k in enumerate(keys):
             self.cache[k] = (e, row)

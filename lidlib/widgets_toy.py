@@ -274,7 +274,8 @@ def shift_logits(model: nn.Sequential, delta: float) -> nn.Sequential:
 def logit_shift_data(model: nn.Sequential, x: torch.Tensor, target: int, delta: float,
                      baseline: torch.Tensor, methods: Sequence = ("LRP-0", "LRP-ZP", "DeepLIFT")) -> dict:
     """Input relevance of ``methods`` after adding ``delta`` to every logit, with ``P_c``, ``Z_c`` and
-    the totals.  ``"LRP-ZP"`` is the z⁺ rule with the logit top, ``Method("LRP-ZP", "logit", ZPLUS, False)``."""
+    the totals.  ``"LRP-ZP"`` is the z⁺ rule with the logit top, ``Method("LRP-ZP", "logit", ZPLUS, False)``,
+    and ``"LRP-0"`` the exact rule (ε = 0, :data:`LRP0`), as in the toy chapters' derivations."""
     from .api import explain
 
     x2 = _vector(x)[None]
@@ -283,7 +284,8 @@ def logit_shift_data(model: nn.Sequential, x: torch.Tensor, target: int, delta: 
         z = m(x2)[0]
     out = {"P_c": float(torch.softmax(z, 0)[target]), "Z_c": float(z[target]), "relevance": {}, "total": {}}
     for meth in methods:
-        meth = Method("LRP-ZP", "logit", rules.ZPLUS, False) if meth == "LRP-ZP" else get_method(meth)
+        exact = {"LRP-ZP": Method("LRP-ZP", "logit", rules.ZPLUS, False), "LRP-0": LRP0}
+        meth = exact[meth] if isinstance(meth, str) and meth in exact else get_method(meth)
         e = explain(m, x2, target, meth, baseline=_vector(baseline)[None], n_steps=None)
         out["relevance"][meth.name] = _np(e.relevance["input"][0])
         out["total"][meth.name] = float(e.total[0])

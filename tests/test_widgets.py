@@ -51,15 +51,21 @@ def small(lite0, two):
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Count the calls of ``lidlib.explain`` (the renderer looks it up at call time)."""
+    """Count the explanations computed, by ``lidlib.explain`` or a :class:`lidlib.Explainer` (the
+    renderer's), with their ``n_steps``."""
     calls = []
-    real = lidlib.explain
+    real, real_call = lidlib.explain, lidlib.Explainer.__call__
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("n_steps"))
         return real(*args, **kwargs)
 
+    def counting_call(self, *args, **kwargs):
+        calls.append(self.n_steps)
+        return real_call(self, *args, **kwargs)
+
     monkeypatch.setattr(lidlib, "explain", counting)
+    monkeypatch.setattr(lidlib.Explainer, "__call__", counting_call)
     return calls
 
 
