@@ -22,7 +22,7 @@
 #
 # The student switch (--student): solutions are notebook cells tagged `solution`, e.g.
 #     ```{code-cell} ipython3
-#     :tags: [solution, hide-input]
+#     :tags: [solution, hide-cell]
 #     ```
 # or a markdown cell preceded by  +++ {"tags": ["solution"]}  (typically an {admonition} with
 # `:class: dropdown solution`).  The full book shows them (collapsed); --student copies the book to
