@@ -19,10 +19,10 @@ import functools
 import importlib.metadata
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = {"lidlib", "solutions", "lidbook_ext", "benchmark", "reference", "conftest"}

@@ -33,7 +33,7 @@ SHIPPED = ROOT / "_build" / "html" / "_sources" / "book"
 sys.path.insert(0, str(BOOK / "_ext"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import lidbook_ext  # noqa: E402
+import lidbook_ext
 
 ROUTES = os.environ.get("LIDBOOK_ROUTES") == "1"
 # the chapters of the end-to-end routes (override: LIDBOOK_ROUTE_CHAPTERS="02_lrp0 10_sig_lid_ig")
@@ -52,7 +52,7 @@ def _make_n(target, path_dirs, extra_env=None):
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON")}
     env["PATH"] = os.pathsep.join(map(str, path_dirs)) + os.pathsep + "/usr/bin:/bin"
     env.update(extra_env or {})
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), target], env=env, capture_output=True, text=True)
+    out = subprocess.run(["make", "-n", "-C", str(ROOT), target], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -89,7 +89,7 @@ def test_make_on_a_pep668_system_python():
     if not system.exists():
         pytest.skip("no /usr/bin/python3")
     marker = subprocess.run([str(system), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
-                            capture_output=True, text=True).stdout.strip()
+                            capture_output=True, text=True, check=False).stdout.strip()
     if not (Path(marker) / "EXTERNALLY-MANAGED").exists():
         pytest.skip("this machine's /usr/bin/python3 is not externally managed")
     out = _make_n("book", ["/usr/bin"])
@@ -241,6 +241,7 @@ def _clean_env(venv, home):
 
 def _run(cmd, **kw):
     t = time.perf_counter()
+    kw.setdefault("check", False)
     out = subprocess.run(cmd, capture_output=True, text=True, **kw)
     took = time.perf_counter() - t
     print(f"[{took:6.1f} s] {' '.join(map(str, cmd))[:160]}")
@@ -306,10 +307,10 @@ def _run_shipped(venv, env, chapter, folder):
 
 def test_downloaded_notebook_routes(fresh_venv, tmp_path):
     """A toy chapter, whose set-up cell installs lidlib[book]; then a real-network chapter."""
-    venv, home, env = fresh_venv
+    venv, _home, env = fresh_venv
     _run([f"{venv}/bin/python", "-m", "pip", "uninstall", "-q", "-y", "lidlib"], env=env)
     env = dict(env, LIDLIB_SOURCE=ROOT.as_uri())
-    probe = subprocess.run([f"{venv}/bin/python", "-c", "import lidlib"], cwd=tmp_path, env=env)
+    probe = subprocess.run([f"{venv}/bin/python", "-c", "import lidlib"], cwd=tmp_path, env=env, check=False)
     assert probe.returncode != 0, "lidlib is still importable: the set-up cell would not be tested"
     _run_shipped(venv, env, TOY, tmp_path / "toy")
     _run_shipped(venv, env, REAL, tmp_path / "real")

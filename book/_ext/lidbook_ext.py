@@ -24,8 +24,8 @@ This extension
    sphinx-thebe's ``const THEBE_JS_URL = ...`` then throws "Identifier 'THEBE_JS_URL' has already
    been declared" on every page.
 
-Binder keeps the theme's link (it clones the repository, so it opens ``book/<page>.md`` there; the
-Binder environment needs ``jupytext`` to open it as a notebook).
+Binder keeps the theme's link (it clones the repository and opens ``book/<page>.md`` there; binder/
+installs ``.[book]`` and jupytext, which opens the page as a notebook).
 """
 from __future__ import annotations
 
