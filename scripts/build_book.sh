@@ -82,7 +82,8 @@ import yaml
 
 root, dest = Path(sys.argv[1]), Path(sys.argv[2])
 shutil.copytree(root, dest, symlinks=True, ignore=shutil.ignore_patterns(
-    ".git", "_build", "node_modules", "__pycache__", ".pytest_cache", "*.egg-info", ".ipynb_checkpoints"))
+    ".git", "_build", "node_modules", "__pycache__", ".pytest_cache", "*.egg-info", ".ipynb_checkpoints",
+    ".venv", "build"))
 
 def merge(base, over):
     for k, v in over.items():
