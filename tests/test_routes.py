@@ -96,6 +96,24 @@ def test_make_on_a_pep668_system_python():
     assert "python3 -m venv \".venv\"" in out and "python3 -m pip" not in out.replace(f"{ROOT}/.venv/bin/python", "V")
 
 
+def test_the_project_venv_is_not_part_of_the_book():
+    """make's .venv/ (and pip's in-tree build/) sit in the checkout: the build and the student copy skip them."""
+    from sphinx.util.matching import Matcher
+
+    match = Matcher(_config()["exclude_patterns"])
+
+    def excluded(path):   # Sphinx prunes a folder that matches, or skips the file
+        parts = path.split("/")
+        return any(match("/".join(parts[:k])) for k in range(1, len(parts) + 1))
+
+    for path in (".venv/lib/python3.11/site-packages/pkg/README.md", "build/lib/lidlib/notes.md"):
+        assert excluded(path), f"_config.yml's exclude_patterns let the build read {path}"
+    assert not excluded("book/02_lrp0.md")
+    copy = (ROOT / "scripts" / "build_book.sh").read_text(encoding="utf8")
+    ignore = copy[copy.index("ignore_patterns("):copy.index("))", copy.index("ignore_patterns("))]
+    assert '".venv"' in ignore and '"build"' in ignore, "the student copy would copy .venv/"
+
+
 # ----------------------------------------------------------------------------------------------
 # Downloaded notebook / Colab: the set-up cell of the shipped notebooks.
 
