@@ -69,7 +69,7 @@ def test_make_outside_a_venv_uses_a_project_venv(tmp_path, target):
     """A system Python (here: the one this venv is made from) is never asked to pip install."""
     base = Path(sys.base_prefix) / "bin" / "python3"
     out = _make_n(target, [_fake_python_dir(tmp_path, base)])
-    assert "python3 -m venv \".venv\"" in out
+    assert ("python3 -m venv \".venv\"" in out) == (not (ROOT / ".venv" / "bin" / "python").exists())
     assert f"{ROOT}/.venv/bin/python -m pip install" in out
     assert "python3 -m pip" not in out.replace(f"{ROOT}/.venv/bin/python", "VENV")
 
@@ -93,7 +93,9 @@ def test_make_on_a_pep668_system_python():
     if not (Path(marker) / "EXTERNALLY-MANAGED").exists():
         pytest.skip("this machine's /usr/bin/python3 is not externally managed")
     out = _make_n("book", ["/usr/bin"])
-    assert "python3 -m venv \".venv\"" in out and "python3 -m pip" not in out.replace(f"{ROOT}/.venv/bin/python", "V")
+    assert ("python3 -m venv \".venv\"" in out) == (not (ROOT / ".venv" / "bin" / "python").exists())
+    assert f"{ROOT}/.venv/bin/python -m pip install" in out
+    assert "python3 -m pip" not in out.replace(f"{ROOT}/.venv/bin/python", "V")
 
 
 def test_the_project_venv_is_not_part_of_the_book():
