@@ -22,7 +22,7 @@
 #
 # The student switch (--student): solutions are notebook cells tagged `solution`, e.g.
 #     ```{code-cell} ipython3
-#     :tags: [solution, hide-input]
+#     :tags: [solution, hide-cell]
 #     ```
 # or a markdown cell preceded by  +++ {"tags": ["solution"]}  (typically an {admonition} with
 # `:class: dropdown solution`).  The full book shows them (collapsed); --student copies the book to
@@ -82,7 +82,8 @@ import yaml
 
 root, dest = Path(sys.argv[1]), Path(sys.argv[2])
 shutil.copytree(root, dest, symlinks=True, ignore=shutil.ignore_patterns(
-    ".git", "_build", "node_modules", "__pycache__", ".pytest_cache", "*.egg-info", ".ipynb_checkpoints"))
+    ".git", "_build", "node_modules", "__pycache__", ".pytest_cache", "*.egg-info", ".ipynb_checkpoints",
+    ".venv", "build"))
 
 def merge(base, over):
     for k, v in over.items():

@@ -4,7 +4,7 @@
     python scripts/strip_solutions.py DIR      # edits every notebook under DIR in place
 
 Convention (documented in scripts/build_book.sh): a solution is one or more notebook cells tagged
-``solution`` -- a code cell (``:tags: [solution, hide-input]``) and/or a markdown cell
+``solution`` -- a code cell (``:tags: [solution, hide-cell]``) and/or a markdown cell
 (``+++ {"tags": ["solution"]}`` before it, usually holding an ``{admonition}`` with
 ``:class: dropdown solution``).  The student build removes those cells from the sources *before*
 building, so solutions reach neither the pages, nor the search index, nor the shipped .md/.ipynb

@@ -10,16 +10,22 @@ This extension
    (``lidbook_colab_branch``, default ``gh-pages``; ``lidbook_colab_path`` is the folder of the
    notebooks inside the published site, default ``_sources/``):
    ``https://colab.research.google.com/github/<org>/<repo>/blob/gh-pages/_sources/book/<page>.ipynb``;
-2. inserts a first code cell into every shipped ``_sources/**/*.ipynb`` that installs ``lidlib``
-   when (and only when) the notebook runs on Colab (``lidbook_colab_setup``; empty string: no cell).
+2. inserts a set-up cell (after the title) into every shipped ``_sources/**/*.ipynb`` that installs
+   ``lidlib[book]`` (the library, its exercise solutions and what the chapters import) when the
+   notebook runs on Colab or wherever ``lidlib`` is not installed -- a downloaded notebook in an
+   empty folder runs top to bottom after it.  It installs from the book's repository
+   (``repository.url``/``branch`` of ``_config.yml``); the environment variable ``LIDLIB_SOURCE``
+   (any pip URL, e.g. ``file:///path/to/clone``) overrides that, which is how
+   tests/test_routes.py runs the shipped notebooks offline (``lidbook_colab_setup``; empty string:
+   no cell).
 
 3. removes duplicate ``<script>`` entries from every page: Sphinx 7.4 adds an inline script that an
    extension registered after ``builder-inited`` twice (its ``None`` file name comes back as ``''``);
    sphinx-thebe's ``const THEBE_JS_URL = ...`` then throws "Identifier 'THEBE_JS_URL' has already
    been declared" on every page.
 
-Binder keeps the theme's link (it clones the repository, so it opens ``book/<page>.md`` there; the
-Binder environment needs ``jupytext`` to open it as a notebook).
+Binder keeps the theme's link (it clones the repository and opens ``book/<page>.md`` there; binder/
+installs ``.[book]`` and jupytext, which opens the page as a notebook).
 """
 from __future__ import annotations
 
@@ -28,10 +34,13 @@ from pathlib import Path
 
 SETUP_TAG = "colab-setup"
 DEFAULT_SETUP = (
-    "# Set-up on Google Colab: install lidlib from the book's repository (does nothing elsewhere).\n"
-    "import sys\n"
-    "if \"google.colab\" in sys.modules:\n"
-    "    %pip install -q \"lidlib @ git+{repository_url}@{branch}\""
+    "# Set-up: on Colab, or wherever lidlib is not installed, install lidlib with the book's extras\n"
+    "# from the book's repository (LIDLIB_SOURCE=<pip URL> installs from elsewhere, e.g. file:///a/clone).\n"
+    "import importlib, importlib.util, os, subprocess, sys\n"
+    "if \"google.colab\" in sys.modules or importlib.util.find_spec(\"lidlib\") is None:\n"
+    "    source = os.environ.get(\"LIDLIB_SOURCE\", \"git+{repository_url}@{branch}\")\n"
+    "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", f\"lidlib[book] @ {{source}}\"], check=True)\n"
+    "    importlib.invalidate_caches()"
 )
 _COLAB_RE = re.compile(r"^(?P<head>.*?/github/[^/]+/[^/]+/blob/)[^/]+/.*$")
 
