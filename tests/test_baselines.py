@@ -137,7 +137,7 @@ def test_ig_input_matches_captum_vgg(vgg):
     ref = captum_attr.IntegratedGradients(v64).attribute(
         x, baselines=base.expand_as(x), target=t, n_steps=10, method="riemann_right")
     assert ours.dtype == torch.float64
-    close(ours, ref, rtol=1e-6, atol_rel=1e-7)           # Captum rounds its path weights in float32
+    close(ours, ref, rtol=1e-6, atol_rel=1e-7)   # measured: ~1.5e-8 relative apart in float64
 
 
 @pytest.mark.parametrize("maker,shape,target", [
