@@ -898,9 +898,10 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
             if json.loads(json.dumps(settings[k])) != st[k]:
                 raise SampleMismatch(f"{path}: {k} is {st[k]!r} in its configuration but {settings[k]!r} here")
         by_name = {s.name: s for s in samples}
-        in_csv = [n for n in res.images() if n in by_name]
-        picked = random.Random(seed).sample(in_csv, min(n_images, len(in_csv)))
         methods = list(methods or res.methods())
+        with_rows = {r["image"] for r in res.rows if r["method"] in methods}      # images these methods reached
+        in_csv = [n for n in res.images() if n in by_name and n in with_rows]
+        picked = random.Random(seed).sample(in_csv, min(n_images, len(in_csv)))
         samples_, targets = _validate_samples([by_name[n] for n in picked], model)
         checked, worst, explainers = 0, 0.0, {}
         for smp, t in zip(samples_, targets):
