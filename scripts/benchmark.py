@@ -65,6 +65,12 @@ def plain_gradient(model, x, target):
 
 def measure(fns: dict, repeats: int):
     """Median seconds per named callable, interleaving the callables in every round."""
+    return {k: statistics.median(v) for k, v in measure_all(fns, repeats).items()}
+
+
+def measure_all(fns: dict, repeats: int):
+    """Seconds of every round per named callable, interleaved, after a warm-up; a callable whose
+    warm-up raises is reported as not running here and left out."""
     failed = []
     for k, fn in list(fns.items()):
         try:
@@ -79,7 +85,7 @@ def measure(fns: dict, repeats: int):
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def oracles(model, x, target, baseline):
@@ -126,19 +132,6 @@ def explainer_rows(model, name, batches, repeats, threads):
             ratios = [t / g for t, g in zip(v, times["plain gradient"])]     # per round, same round's gradient
             print(f"{k:<34}{statistics.median(v) * 1e3:>10.1f}{statistics.median(v) / base:>12.2f}"
                   f"{min(ratios):>7.2f}–{max(ratios):<6.2f}")
-
-
-def measure_all(fns: dict, repeats: int):
-    """Seconds of every round per named callable (interleaved, after a warm-up)."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return times
 
 
 def main():
