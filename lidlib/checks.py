@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 
@@ -45,7 +46,7 @@ def _model_dtype_device(model: nn.Module, x: torch.Tensor) -> Tuple[torch.dtype,
     """The dtype and device of the model's first floating-point parameter (or buffer), else of ``x``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    found = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
+    found = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
     if found is not None:
         dtype, device = found.dtype, found.device
     else:

@@ -95,12 +95,12 @@ class _FunctionalGuard(TorchFunctionMode):
 
     def enter(self, module, args):
         self.stack.append(module)
-        if next(module.children(), None) is None:
+        if module in self.pass_.leaves:
             self.depth += 1
 
     def leave(self, module, args, output):
         self.stack.pop()
-        if next(module.children(), None) is None:
+        if module in self.pass_.leaves:
             self.depth -= 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -123,6 +123,16 @@ def _augmented_assignment(frame) -> bool:
         _AUGMENTED[where] = ins is not None and (ins.opname.startswith("INPLACE_") or (
             ins.opname == "BINARY_OP" and ins.argrepr.endswith("=")))
     return _AUGMENTED[where]
+
+
+class _Shown:
+    """:func:`_public_name` of ``func``, computed only when an error message needs it."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __str__(self):
+        return _public_name(self.func)
 
 
 def _public_name(func) -> str:
@@ -199,7 +209,7 @@ def inplace_off(model: nn.Module):
     flags = []
     try:
         for m in model.modules():
-            v = getattr(m, "inplace", None)
+            v = vars(m).get("inplace", getattr(type(m), "inplace", None))     # (not Module.__getattr__: slow)
             if v is not None and not isinstance(v, torch.Tensor) and bool(v):
                 flags.append((m, "inplace" in vars(m), v))
                 m.inplace = False
@@ -231,17 +241,19 @@ def patched(model: nn.Module, forwards=None):
                 vars(m).pop("forward", None)
 
 
-def shape_hooks(model: nn.Module, x_shape=None):
-    """Forward pre-hooks that name the layer when its input does not fit it (missing batch dimension,
-    wrong channels or features), instead of a raw convolution or matmul error."""
-    names = {m: n for n, m in model.named_modules()}
+_CHECKED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _shape_check(names, x_shape):
+    """A forward pre-hook body that names the layer when its input does not fit it (missing batch
+    dimension, wrong channels or features), instead of a raw convolution or matmul error."""
     given = f"; x has shape {tuple(x_shape)}" if x_shape is not None else ""
 
     def check(module, args):
         a = args[0] if args else None
         if not isinstance(a, torch.Tensor):
             return
-        name = f"layer {names.get(module, '?')!r} ({type(module).__name__})"
+        name = f"layer {names.get(module, '<model>')!r} ({type(module).__name__})"
         if isinstance(module, nn.Linear) and a.dim() >= 1 and a.shape[-1] != module.in_features:
             raise ValueError(f"{name} expects {module.in_features} input features but receives "
                              f"{a.shape[-1]}{given}: the input size does not fit the model")
@@ -253,8 +265,61 @@ def shape_hooks(model: nn.Module, x_shape=None):
             if a.shape[1] != module.in_channels:
                 raise ValueError(f"{name} expects {module.in_channels} input channels but receives "
                                  f"{a.shape[1]}{given}")
-    return [m.register_forward_pre_hook(check) for m in model.modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    return check
+
+
+def shape_hooks(model: nn.Module, x_shape=None):
+    """Forward pre-hooks that name the layer when its input does not fit it (:func:`_shape_check`)."""
+    return _install(model, _shape_check({m: n for n, m in model.named_modules()}, x_shape))
+
+
+def _install(model: nn.Module, check=None, pass_: Optional["_Pass"] = None, guard=None):
+    """Hook ``model`` for one pass: before every module, ``check`` (conv/linear layers) and the guard's
+    ``enter``; after every module but the root, the pass's ``hook`` then the guard's ``leave``.
+
+    Two global module hooks (:func:`torch.nn.modules.module.register_module_forward_hook`) that act
+    only on this model's modules, instead of hundreds of per-module hooks whose registration alone
+    costs more than a small network's forward pass.  A module that carries hooks of its own gets
+    lidlib's as per-module hooks, registered after the user's and so run after them, as before."""
+    checked = {m for m in model.modules() if isinstance(m, _CHECKED)} if check is not None else set()
+    hooked_ = {m for n, m in model.named_modules() if n} if pass_ is not None else set()
+    own = {m for m in checked | hooked_ if m._forward_hooks or m._forward_pre_hooks}
+
+    def pre(module, args):
+        if guard is not None and module in hooked_:
+            guard.enter(module, args)     # (first: inside a layer, the check's tensor calls pass straight)
+        if module in checked:
+            check(module, args)
+
+    def post(module, args, output):
+        if module in hooked_:
+            out = pass_.hook(module, args, output)
+            guard.leave(module, args, output)
+            return out
+
+    def pre_global(module, args):
+        if module not in own:
+            pre(module, args)
+
+    def post_global(module, args, output):
+        if module not in own:
+            return post(module, args, output)
+
+    handles = []
+    try:
+        if checked or hooked_:
+            handles.append(torch.nn.modules.module.register_module_forward_pre_hook(pre_global))
+        if hooked_:
+            handles.append(torch.nn.modules.module.register_module_forward_hook(post_global))
+        for m in own:
+            handles.append(m.register_forward_pre_hook(pre))
+            if m in hooked_:
+                handles.append(m.register_forward_hook(post))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return handles
 
 
 class _Pass:
@@ -263,8 +328,11 @@ class _Pass:
     def __init__(self, names, reference: Optional["_Pass"] = None, method: Optional[Method] = None,
                  n_steps=None):
         self.names, self.reference, self.method, self.n_steps = names, reference, method, n_steps
+        self.leaves = {m for m in names if next(m.children(), None) is None}
+        self.kinds = {m: layer_kind(m) for m in self.leaves}
         self.calls = {}
         self.outputs = OrderedDict()      # key -> output tensor, in order of completion
+        self._first = {}                  # id(output tensor) -> the first key that recorded it
         self.inputs = {}                  # key -> input tensor (non-linear and rule-modified layers)
         self.aliases = {}                 # container key -> key of the same output tensor
         self.pooled = {}                  # key -> rules.tiled_pool of a max-pool call
@@ -284,13 +352,15 @@ class _Pass:
         name = self.names[module]
         k = self.calls[name] = self.calls.get(name, 0) + 1
         key = name if k == 1 else f"{name}#{k}"
-        leaf = next(module.children(), None) is None
+        leaf = module in self.leaves
         if not leaf:
-            same = next((k for k, t in self.outputs.items() if t is output), None)
+            same = self._first.get(id(output))
+            if same is not None and self.outputs.get(same) is not output:     # (replaced by a copy)
+                same = next((k for k, t in self.outputs.items() if t is output), None)
             if same is not None:          # a container handing on its last child's tensor
                 self.aliases[key] = same
                 return None
-        if leaf and layer_kind(module) is not None:
+        if leaf and self.kinds[module] is not None:
             self.inputs[key] = args[0]
         pooled, self._pooled_now = self._pooled_now, None
         if pooled is not None and self.method is None:
@@ -306,6 +376,7 @@ class _Pass:
             if new is not None:
                 output = new
         self.outputs[key] = output
+        self._first.setdefault(id(output), key)
         if output.grad_fn is not None:
             self.nodes[key] = (output.grad_fn, output.output_nr)
         return output
@@ -353,7 +424,7 @@ class _Pass:
         ``augmented``: the call is an augmented assignment (``out += x``), which rebinds its name:
         it is computed out of place, so the tensor it would overwrite keeps its value."""
         inplace = name.endswith("_") and not name.startswith("__")
-        shown = _public_name(func)
+        shown = _Shown(func)
         base = name.rstrip("_") if inplace else name
         if inplace and augmented and hasattr(torch.Tensor, base):
             return self.function(getattr(torch.Tensor, base), base, args, kwargs, caller)
@@ -451,9 +522,8 @@ def reference_pass(model: nn.Module, baseline: torch.Tensor, method: Method, sha
     guard = _FunctionalGuard()
     reference = _Pass(names)
     with patched(model, _pool_forwards(leaves, method, [reference])) as handles:
-        handles += shape_hooks(model, x_shape)
-        handles += [m.register_forward_hook(reference.hook) for m in names]
-        handles += _guard_hooks(guard, names, reference)
+        guard.start(reference)
+        handles += _install(model, _shape_check(names, x_shape), reference, guard)
         with torch.no_grad(), guard:
             z_ref = model(baseline)
     return Reference(reference, z_ref, baseline, shared)
@@ -476,9 +546,8 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     z_ref = reference.z_ref if reference is not None else torch.zeros((), dtype=x.dtype, device=x.device)
     actual = _Pass(names, ref, method, n_steps)
     with patched(model, _pool_forwards(leaves, method, [actual])) as handles:
-        handles += shape_hooks(model, x.shape)
-        handles += [m.register_forward_hook(actual.hook) for m in names]
-        handles += _guard_hooks(guard, names, actual)
+        guard.start(actual)
+        handles += _install(model, _shape_check(names, x.shape), actual, guard)
         with torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)
             with guard:
@@ -573,14 +642,6 @@ def _release(p: "_Pass") -> None:
 
 def _storage(t) -> int:
     return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else 0
-
-
-def _guard_hooks(guard: _FunctionalGuard, modules, pass_: _Pass):
-    """Point the guard at ``pass_`` and track which module's forward runs (and the depth inside
-    layer modules); the leave hook runs after the rule's forward hook."""
-    guard.start(pass_)
-    return ([m.register_forward_pre_hook(guard.enter) for m in modules]
-            + [m.register_forward_hook(guard.leave) for m in modules])
 
 
 def _check_logits(z, target, x):

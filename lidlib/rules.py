@@ -19,6 +19,7 @@ output of one layer call: the same values, with the rule's matrix in the backwar
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -150,15 +151,30 @@ def register_elementwise(module_type: type, name: Optional[str] = None) -> Famil
     return fam
 
 
+#: lookups by layer type and by function name, valid while :data:`FAMILIES` holds the same entries
+_LOOKUP: dict = {}
+
+
+def _lookup(key, find):
+    families = tuple(map(id, FAMILIES))
+    if families != _LOOKUP.get("ids"):
+        _LOOKUP.clear()
+        _LOOKUP["ids"] = families
+    value = _LOOKUP.get(key, _LOOKUP)                # (the dict itself: not looked up yet)
+    if value is _LOOKUP:
+        value = _LOOKUP[key] = find()
+    return value
+
+
 def family(module: nn.Module) -> Optional[Family]:
     """The :class:`Family` of a layer (an empty ``nn.Sequential`` is an identity), or None."""
     probe = _EmptySequential if type(module) is nn.Sequential and len(module) == 0 else type(module)
-    return next((f for f in FAMILIES if issubclass(probe, f.modules)), None)
+    return _lookup(probe, lambda: next((f for f in FAMILIES if issubclass(probe, f.modules)), None))
 
 
 def function_family(name: str) -> Optional[Family]:
     """The :class:`Family` of a torch function called by name in a model's forward code, or None."""
-    return next((f for f in FAMILIES if name in f.functions), None)
+    return _lookup(("function", name), lambda: next((f for f in FAMILIES if name in f.functions), None))
 
 
 def supported_layers() -> str:
@@ -693,7 +709,11 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
     secant = (y - y_ref.expand_as(y)) / dx
     tiny = dx.abs() <= torch.finfo(x.dtype).eps ** (1 / 3) * (x.abs() + x_ref.abs() + 1)
     if tiny.any():
-        secant = torch.where(tiny, _derivative(sigma, (x + x_ref) / 2), secant)
+        mid = (x + x_ref) / 2
+        if isinstance(sigma, nn.Module) and any(True for _ in itertools.chain(sigma.parameters(), sigma.buffers())):
+            secant = torch.where(tiny, _derivative(sigma, mid), secant)      # σ may depend on the position
+        else:                                                                  # the same σ everywhere
+            secant[tiny] = _derivative(sigma, mid[tiny])
     return secant
 
 
