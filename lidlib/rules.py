@@ -693,6 +693,62 @@ def _derivative(sigma, p: torch.Tensor) -> torch.Tensor:
     return d
 
 
+def _ones(p: torch.Tensor) -> torch.Tensor:
+    return torch.ones((), dtype=p.dtype, device=p.device).expand_as(p)
+
+
+_aten = torch.ops.aten
+
+
+def _fused(op, out_name=None, **fixed):
+    """``σ'(p)`` by the backward kernel ``op`` (gradient 1), into ``out`` where the kernel has an out form."""
+    def kernel(m, p, out=None):
+        kw = {k: (v(m) if callable(v) else v) for k, v in fixed.items()}
+        if out is not None and out_name is not None:
+            return getattr(op, "grad_input" if out_name == "grad_input" else "out")(_ones(p), p, **kw,
+                                                                                  **{out_name: out})
+        return op(_ones(p), p, **kw)
+    return kernel
+
+
+#: σ' in one fused kernel (the one autograd itself runs) for the built-in smooth activations
+_DERIVATIVES = {
+    nn.SiLU: _fused(_aten.silu_backward, "grad_input"),
+    nn.Hardswish: _fused(_aten.hardswish_backward, "out"),
+    nn.Hardsigmoid: _fused(_aten.hardsigmoid_backward, "grad_input"),
+    nn.Mish: _fused(_aten.mish_backward),
+    nn.GELU: _fused(_aten.gelu_backward, "grad_input", approximate=lambda m: "none" if m is None else m.approximate),
+    nn.Sigmoid: lambda m, p, out=None: _aten.sigmoid_backward(_ones(p), torch.sigmoid(p)),
+    nn.Tanh: lambda m, p, out=None: _aten.tanh_backward(_ones(p), torch.tanh(p)),
+}
+#: forward-code calls ``f(x)`` (no further arguments) with a kernel above
+_FUNCTION_DERIVATIVES = {"silu": nn.SiLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+                         "mish": nn.Mish, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def _kernel(sigma):
+    """``kernel(p, out=None)`` computing σ'(p) in one pass for ``sigma``, or None (autograd then)."""
+    if type(sigma) in _DERIVATIVES:
+        return lambda p, out=None: _DERIVATIVES[type(sigma)](sigma, p, out)
+    if isinstance(sigma, _Call) and not sigma.args and not sigma.kwargs:
+        kind = _FUNCTION_DERIVATIVES.get(getattr(sigma.f, "__name__", ""))
+        if kind is not None:
+            return lambda p, out=None: _DERIVATIVES[kind](None, p, out)
+    return None
+
+
+def derivative(sigma, p: torch.Tensor) -> torch.Tensor:
+    """σ'(p) of an element-wise σ: PyTorch's own derivative kernel for a built-in activation, else
+    by autograd (the diagonal of its Jacobian)."""
+    kernel = _kernel(sigma)
+    return _derivative(sigma, p) if kernel is None else kernel(p)
+
+
+def _position_dependent(sigma) -> bool:
+    """Whether σ has parameters or buffers (it may then differ from element to element)."""
+    return isinstance(sigma, nn.Module) and any(True for _ in itertools.chain(sigma.parameters(), sigma.buffers()))
+
+
 def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torch.Tensor:
     """Diagonal of ``D̄`` (Eq. 21) for any element-wise σ on the path ``x̂ → x``.
 
@@ -701,19 +757,34 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
     secant would lose digits) σ' at the midpoint, whose error ``|σ'''|·Δx^2/24`` is then below
     rounding."""
     x_ref = x_ref.expand_as(x)
-    dx = x - x_ref
-    if n_steps is not None:                      # all n samples in one autograd call
-        t = torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps).to(x.dtype).to(x.device)
-        points = torch.addcmul(x_ref[None], t.view(-1, *([1] * x.dim())), dx[None])
-        return _derivative(sigma, points).mean(0)
-    secant = (y - y_ref.expand_as(y)) / dx
-    tiny = dx.abs() <= torch.finfo(x.dtype).eps ** (1 / 3) * (x.abs() + x_ref.abs() + 1)
-    if tiny.any():
-        mid = (x + x_ref) / 2
-        if isinstance(sigma, nn.Module) and any(True for _ in itertools.chain(sigma.parameters(), sigma.buffers())):
-            secant = torch.where(tiny, _derivative(sigma, mid), secant)      # σ may depend on the position
-        else:                                                                  # the same σ everywhere
-            secant[tiny] = _derivative(sigma, mid[tiny])
+    dx = torch.sub(x, x_ref)
+    if n_steps is not None:
+        kernel = None if _position_dependent(sigma) else _kernel(sigma)
+        if kernel is None:                                  # all n samples in one autograd call
+            t = torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps).to(x.dtype).to(x.device)
+            points = torch.addcmul(x_ref[None], t.view(-1, *([1] * x.dim())), dx[None])
+            return _derivative(sigma, points).mean(0)
+        p, total, d = torch.empty_like(x), None, None       # one sample at a time, in three buffers
+        for k in range(1, n_steps + 1):
+            torch.add(x_ref, dx, alpha=k / n_steps, out=p)
+            if total is None:
+                total = kernel(p)
+            else:
+                d = kernel(p, d)
+                total.add_(d)
+        return total.div_(n_steps)
+    secant = torch.sub(y, y_ref.expand_as(y)).div_(dx)
+    scale = x.abs().add_(x_ref.abs()).add_(1).mul_(torch.finfo(x.dtype).eps ** (1 / 3))
+    tiny = torch.le(dx.abs_(), scale)
+    kernel = None if _position_dependent(sigma) else _kernel(sigma)
+    if kernel is not None:                                  # σ' everywhere: four cheap passes
+        return torch.where(tiny, kernel(torch.add(x, x_ref).mul_(0.5)), secant, out=secant)
+    if _position_dependent(sigma):                          # σ' by autograd, on the whole tensor
+        return torch.where(tiny, _derivative(sigma, (x + x_ref) / 2), secant) if tiny.any() else secant
+    where = tiny.view(-1).nonzero().squeeze(1)              # σ' by autograd, where it is needed
+    if where.numel():
+        mid = (x.reshape(-1)[where] + x_ref.reshape(-1)[where]) / 2
+        secant.view(-1)[where] = _derivative(sigma, mid)
     return secant
 
 
@@ -723,7 +794,7 @@ def smooth_substitute(sigma, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
     if not (isinstance(x_ref, torch.Tensor) and x_ref.dim()):
         x_ref = torch.zeros_like(xd)
         y_ref = _plain(sigma)(x_ref)
-    return substitute(x, y, lambda g: g * smooth_path_slope(sigma, xd, x_ref, yd, y_ref, n_steps))
+    return substitute(x, y, lambda g: smooth_path_slope(sigma, xd, x_ref, yd, y_ref, n_steps).mul_(g))
 
 
 # --------------------------------------------------------------------------- products a ⊙ b
@@ -735,10 +806,32 @@ def product_substitute(a, b, a_ref, b_ref, n_steps) -> torch.Tensor:
     ``ā Δb + b̄ Δa = Δ(ab)``: the product conserves).  Broadcasting (a gate per channel) is
     autograd's: the gradient of a broadcast factor is summed."""
     w = 0.5 if n_steps is None else (n_steps + 1) / (2 * n_steps)
-    ad, bd = a.detach(), b.detach()
-    a_bar = torch.lerp(a_ref.to(ad.dtype).expand_as(ad), ad, w) if isinstance(a_ref, torch.Tensor) else ad * w
-    b_bar = torch.lerp(b_ref.to(bd.dtype).expand_as(bd), bd, w) if isinstance(b_ref, torch.Tensor) else bd * w
-    return (ad * bd) + (a - ad) * b_bar + (b - bd) * a_bar
+    return _Product.apply(a, b, a_ref if isinstance(a_ref, torch.Tensor) else None,
+                          b_ref if isinstance(b_ref, torch.Tensor) else None, w)
+
+
+def _path_mean(t: torch.Tensor, t_ref: Optional[torch.Tensor], w: float) -> torch.Tensor:
+    """``t̂ + w·(t − t̂)``: a factor's mean over the path samples (``t̂ = 0`` without a reference)."""
+    return t * w if t_ref is None else torch.lerp(t_ref.to(t.dtype).expand_as(t), t, w)
+
+
+class _Product(torch.autograd.Function):
+    """``a ⊙ b`` forward; backward ``g ⊙ b̄`` to ``a`` and ``g ⊙ ā`` to ``b`` (summed over broadcast
+    dimensions), the path means computed only then.  Autograd checks that none of the saved tensors
+    was modified in place in between."""
+
+    @staticmethod
+    def forward(ctx, a, b, a_ref, b_ref, w):
+        ctx.save_for_backward(a, b, a_ref, b_ref)
+        ctx.w = w
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, a_ref, b_ref = ctx.saved_tensors
+        ga = (g * _path_mean(b, b_ref, ctx.w)).sum_to_size(a.shape) if ctx.needs_input_grad[0] else None
+        gb = (g * _path_mean(a, a_ref, ctx.w)).sum_to_size(b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb, None, None, None
 
 
 # --------------------------------------------------------------------------- normalisation
