@@ -88,20 +88,32 @@ class _FunctionalGuard(TorchFunctionMode):
 
     def __init__(self):
         super().__init__()
-        self.depth, self.stack, self.pass_ = 0, [], None
+        self.depth, self.stack, self.pass_, self.suspended = 0, [], None, False
 
     def start(self, pass_: _Pass) -> None:
-        self.depth, self.stack, self.pass_ = 0, [], pass_
+        self.depth, self.stack, self.pass_, self.suspended = 0, [], pass_, False
 
     def enter(self, module, args):
         self.stack.append(module)
         if module in self.pass_.leaves:
             self.depth += 1
+            if self.depth == 1 and _top_mode() is self:      # inside a layer: off the stack, no dispatch cost
+                torch._C._pop_torch_function_stack()
+                self.suspended = True
 
     def leave(self, module, args, output):
         self.stack.pop()
         if module in self.pass_.leaves:
             self.depth -= 1
+            if self.depth == 0 and self.suspended:
+                torch._C._push_on_torch_function_stack(self)
+                self.suspended = False
+
+    def __exit__(self, *exc):
+        if self.suspended:                                   # a layer raised: the guard is off the stack
+            self.suspended = False
+            return None
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if self.depth or self.pass_ is None:
@@ -110,6 +122,12 @@ class _FunctionalGuard(TorchFunctionMode):
         name = _function_name(func)
         augmented = name.endswith("_") and not name.startswith("__") and _augmented_assignment(sys._getframe(1))
         return self.pass_.function(func, name, args, kwargs or {}, caller, augmented)
+
+
+def _top_mode():
+    """The innermost torch-function mode of this thread, or None."""
+    n = torch._C._len_torch_function_stack()
+    return torch._C._get_function_stack_at(n - 1) if n else None
 
 
 _AUGMENTED = {}
