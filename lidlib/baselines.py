@@ -29,6 +29,7 @@ from torch import nn
 from .checks import (Layer, Target, _as_input, _check_baseline, _check_batch_size, _check_eval,
                      _check_logits_model, _check_steps, _check_target, _resolve_layer, _select)
 from .engine import hooked, inplace_off, shape_hooks
+from .paths import riemann_points
 
 __all__ = [
     "integrated_gradients",
@@ -152,7 +153,7 @@ def integrated_gradients_layers(model: nn.Module, x: torch.Tensor, target: Targe
     xb = _check_baseline(baseline, x)
     layers = list(layers)
     first = 0 if layers else 1                 # conductance needs h(x_0) = h(X̂) too
-    alphas = torch.arange(first, n + 1, dtype=x.dtype, device=x.device) / n
+    alphas = riemann_points(n, x.dtype, x.device, first=first)
     m = alphas.numel()
     shape = (m,) + (1,) * x.dim()
     points = (xb + alphas.view(shape) * (x - xb)).reshape((m * batch,) + tuple(x.shape[1:]))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from .paths import gauss_legendre, right_riemann, riemann_points
 from .top import stabilize
 
 try:                                   # torchvision's own layers, where it is installed
@@ -544,8 +545,7 @@ def path_shares(a: torch.Tensor, b: torch.Tensor, n_steps: Optional[int]) -> tor
     the row's maximum — at the samples ``t = k/n`` (``n_steps = n``), or exactly (None), where
     line ``i`` wins on the interval ``[max_j lower_ij, min_j upper_ij]`` of its pairwise wins."""
     if n_steps is not None:
-        t = (torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps)       # k/n, as a Python float
-             .to(a.dtype).to(a.device))
+        t = riemann_points(n_steps, a.dtype, a.device)
         win = torch.argmax(a[:, None, :] + t[:, None] * b[:, None, :], dim=2)      # (N, n), first index
         return torch.zeros_like(a).scatter_add_(1, win, torch.full_like(win, 1, dtype=a.dtype)).div_(n_steps)
     K = a.shape[1]
@@ -687,7 +687,7 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
     x_ref = x_ref.expand_as(x)
     dx = x - x_ref
     if n_steps is not None:                      # all n samples in one autograd call
-        t = torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps).to(x.dtype).to(x.device)
+        t = riemann_points(n_steps, x.dtype, x.device)
         points = torch.addcmul(x_ref[None], t.view(-1, *([1] * x.dim())), dx[None])
         return _derivative(sigma, points).mean(0)
     secant = (y - y_ref.expand_as(y)) / dx
@@ -722,13 +722,6 @@ def product_substitute(a, b, a_ref, b_ref, n_steps) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- normalisation
-def _legendre(m: int, dtype, device):
-    import numpy as np
-    t, w = np.polynomial.legendre.leggauss(m)
-    return (torch.tensor((t + 1) / 2, dtype=dtype, device=device),
-            torch.tensor(w / 2, dtype=dtype, device=device))
-
-
 def _path_vjp(layer, x, x_ref, g, ts, ws):
     """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g``: the layer evaluated at the path points, as one batch."""
     x_ref = x_ref.expand_as(x)
@@ -754,12 +747,11 @@ def norm_path_vjp(layer, x, x_ref, g, n_steps: Optional[int]):
     ``(D̄ᵀg, nodes, measured error)`` (error None for samples) and warns if the last rule tried
     does not reach the tolerance."""
     if n_steps is not None:
-        ts = torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps).to(x.dtype).to(x.device)
-        return _path_vjp(layer, x, x_ref, g, ts, torch.full_like(ts, 1.0 / n_steps)), n_steps, None
+        return _path_vjp(layer, x, x_ref, g, *right_riemann(n_steps, x.dtype, x.device)), n_steps, None
     tol = 64 * torch.finfo(x.dtype).eps
     prev, err = None, float("inf")
     for m in QUADRATURE_NODES:
-        v = _path_vjp(layer, x, x_ref, g, *_legendre(m, x.dtype, x.device))
+        v = _path_vjp(layer, x, x_ref, g, *gauss_legendre(m, 1, x.dtype, x.device))
         if prev is not None:
             err = float((v - prev).abs().max() / v.abs().max().clamp(min=torch.finfo(x.dtype).tiny))
             if err <= tol:

@@ -25,6 +25,7 @@ from torch import nn
 from . import top as _top
 from .api import explain
 from .gallery import to_png
+from .paths import riemann_points
 
 __all__ = ["N_CHOICES", "SCALE_CHOICES", "layer_gaps", "gap_figure", "lid_ig_gap_view", "lid_ig_gap_widget",
            "scaled_logits", "sig_contrast_rows", "sig_contrast_figure", "sig_contrast_widget", "GAP_FLOOR"]
@@ -174,7 +175,7 @@ def sig_contrast_figure(model, x, target, baseline, scale: float, n: int, rows: 
     a0.plot(tn, path, color="k", lw=2, label=r"$P_c(\hat Z + t\,\Delta Z)$")
     a0.plot([0, 1], [rows["P"] - rows["ST"], rows["P"]], color="tab:orange", ls="--", label="ST: tangent at $Z$")
     a0.plot([0, 1], [rows["P_ref"], rows["P"]], color="tab:green", ls=":", lw=2, label="SIG: chord")
-    ts = torch.arange(1, n + 1, dtype=z.dtype) / n
+    ts = riemann_points(n, z.dtype)
     samples = torch.softmax(z_ref + ts[:, None] * (z - z_ref), 1)[:, c]
     a0.plot(ts.numpy(), samples.numpy(), "o", ms=3, color="tab:blue", label=f"n = {n} samples")
     a0.set_xlabel("t")

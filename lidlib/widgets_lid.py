@@ -25,6 +25,7 @@ from . import rules, toy
 from .api import explain
 from .gallery import to_png
 from .methods import Method
+from .paths import riemann_points
 from .top import softmax_gradient, top_relevance
 
 __all__ = [
@@ -109,7 +110,7 @@ def path_derivative(model: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, c: i
 def ig_riemann(model: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, c: int, n: int) -> torch.Tensor:
     """IG from scratch, Eq. 11 with a right Riemann sum: ``ΔX ⊙ (1/n) Σ_{k=1..n} ∇f(X̂ + (k/n)ΔX)``; shape of ``x[0]``."""
     dx = (x - x_ref).reshape(1, -1)
-    t = torch.arange(1, n + 1, dtype=dx.dtype) / n
+    t = riemann_points(n, dx.dtype)
     pts = (x_ref.reshape(1, -1) + t[:, None] * dx).requires_grad_(True)
     with torch.enable_grad():
         grad, = torch.autograd.grad(model(pts.view((-1,) + tuple(x.shape[1:])))[:, c].sum(), pts)
@@ -127,7 +128,7 @@ def riemann_data(model: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, c: int,
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")
     t = torch.linspace(0.0, 1.0, fine + 1, dtype=torch.float64)
-    t_k = torch.arange(1, n + 1, dtype=torch.float64) / n
+    t_k = riemann_points(n)
     phi, phi_k = path_derivative(model, x, x_ref, c, t), path_derivative(model, x, x_ref, c, t_k)
     with torch.no_grad():
         delta = float(model(x)[0, c] - model(x_ref)[0, c])
