@@ -21,7 +21,8 @@ from . import rules, top
 from .api import explain
 from .explainer import Explainer
 from .explanation import ConservationTable, Explanation
-from .methods import METHODS, Baseline, Method
+from .comparison import Comparison
+from .methods import METHODS, Method
 from .rules import Rule
 
-__all__ = ["explain", "Explainer", "METHODS", "Method", "Baseline", "Rule", "Explanation", "ConservationTable", "rules", "top"]
+__all__ = ["explain", "Explainer", "METHODS", "Method", "Comparison", "Rule", "Explanation", "ConservationTable", "rules", "top"]

@@ -124,7 +124,7 @@ class Explanation:
         so every stage weighs the same and the sign — red positive, blue negative — is kept.  All
         stages come from the same explanation: no extra backward pass.
         """
-        from .baselines import upsample
+        from .comparison import upsample
         if isinstance(stages, str) and stages.startswith("s") and len(stages) > 2:
             stages = tuple(int(ch) for ch in stages[1:])
         single = not isinstance(stages, (tuple, list))

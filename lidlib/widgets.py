@@ -32,12 +32,12 @@ import torch
 import torchvision.transforms.functional as TF
 
 import lidlib  # ``lidlib.explain`` is looked up at call time, so tests can count its calls
-from . import baselines
+from . import comparison
 from . import images as _images
 from . import models as _models
 from .explanation import Explanation
 from .gallery import Gallery, gallery_grid, to_png
-from .methods import Baseline, get_method
+from .methods import get_method
 from .plot import relevance_colorbar, show_heatmap, update_heatmap
 
 __all__ = ["COMPOSITE", "STAGES", "REFERENCES", "State", "HeatmapRenderer", "render", "default_renderer",
@@ -59,17 +59,13 @@ BLUR_SIGMA = 8.0
 
 def uses_steps(method) -> bool:
     """Whether ``n_steps`` changes the method: a SIG top (Sec. 3.3), a path-averaged middle rule
-    (``D̄``, Eq. 21) or the baseline IG (Eq. 11)."""
-    m = get_method(method)
-    if isinstance(m, Baseline):
-        return m.name == "IG"
-    return m.top == "SIG" or "D̄" in (m.rule.elementwise, m.rule.maxpool)
+    (``D̄``, Eq. 21) or the comparison method IG (Eq. 11)."""
+    return get_method(method).uses_steps
 
 
 def uses_reference(method) -> bool:
     """Whether the method has a reference input X̂ (the LID family, DeepLIFT, IG; not LRP, not CAMs)."""
-    m = get_method(method)
-    return m.reference if isinstance(m, Baseline) else m.increment
+    return get_method(method).needs_reference
 
 
 def stage_label(stage) -> str:
@@ -119,10 +115,10 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
     """ScoreCAM of ONE image ``x`` (1, 3, H, W) for the classes ``targets``, as an :class:`Explanation`
     with one row per class and relevance only at ``layer`` (default: the model's stage s5).
 
-    Same formula and the same masked forwards as :func:`lidlib.baselines.scorecam` (upsampled channel
+    Same formula and the same masked forwards as :func:`lidlib.comparison.scorecam` (upsampled channel
     ``A_k``, min-max normalised to a mask ``M_k``; ``w = softmax_k Z_c(X ⊙ M_k)``;
     ``cam = ReLU(Σ_k w_k A_k)``): one forward per non-constant channel serves every class, and all
-    constant channels share one forward of ``0 · X`` (:func:`lidlib.baselines.scorecam_scores`).
+    constant channels share one forward of ``0 · X`` (:func:`lidlib.comparison.scorecam_scores`).
     ``e.scorecam_forwards`` is the number of masked images evaluated.
 
     ``cache``: a results file written by :func:`write_scorecam_cache` (ScoreCAM costs one forward per
@@ -140,14 +136,14 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
     saved = _read_scorecam_cache(cache, _scorecam_key(model, x, layer), c) if cache is not None else None
     checked = None
     if saved is None:
-        scores, forwards = baselines.scorecam_scores(model, x[0], masks, live, batch_size)
+        scores, forwards = comparison.scorecam_scores(model, x[0], masks, live, batch_size)
         scores_c = scores[:, c]                                             # (C, len(c)): Z_c(X ⊙ M_k)
     else:
         scores_c = saved.to(z.dtype)
         k_live, k_dead = torch.nonzero(live).flatten(), torch.nonzero(~live).flatten()
         pick = k_live[torch.randperm(len(k_live))[:check]]
         sample = torch.cat([pick, k_dead[:1]]).sort().values
-        fresh, forwards = baselines.scorecam_scores(model, x[0], masks[sample], live[sample], batch_size)
+        fresh, forwards = comparison.scorecam_scores(model, x[0], masks[sample], live[sample], batch_size)
         fresh = fresh[:, c]
         tol = 1e-4 * max(1.0, float(scores_c.abs().max()))
         if not torch.allclose(fresh, scores_c[sample], rtol=1e-4, atol=tol):
@@ -193,7 +189,7 @@ def _scorecam_setup(model, x, targets, layer):
     if not (0 <= int(c.min()) and int(c.max()) < z.shape[1]):
         raise ValueError(f"targets {c.tolist()} out of range for {z.shape[1]} classes")
     a = captured[0][0]                                                      # (C, h, w)
-    masks, live = baselines.scorecam_masks(a[None], x.shape[-2:])
+    masks, live = comparison.scorecam_masks(a[None], x.shape[-2:])
     return layer, c, z, a, masks[0], live[0]
 
 
@@ -236,7 +232,7 @@ def write_scorecam_cache(path, model, x: torch.Tensor, targets: Sequence[int], l
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         raise ValueError("x must be one image batch (1, C, H, W)")
     layer, c, _, _, masks, live = _scorecam_setup(model, x, targets, layer)
-    scores, _ = baselines.scorecam_scores(model, x[0], masks, live, batch_size)
+    scores, _ = comparison.scorecam_scores(model, x[0], masks, live, batch_size)
     c = c.tolist()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

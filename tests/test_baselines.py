@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from lidlib import baselines as bl
+from lidlib import comparison as bl
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")

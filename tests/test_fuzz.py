@@ -11,7 +11,8 @@ from torch import nn
 
 import lidlib
 from lidlib import rules, toy
-from lidlib.methods import METHODS, Baseline, Method
+from lidlib.comparison import Comparison as Baseline
+from lidlib.methods import METHODS, Method
 from test_reliability import _assert_same, _state
 
 N_CALLS = 500

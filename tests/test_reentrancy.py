@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import lidlib
-from lidlib import baselines, toy
+from lidlib import comparison as baselines
+from lidlib import toy
 from test_reliability import _assert_same, _inplace_cnn, _state
 
 X = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

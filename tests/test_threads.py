@@ -92,7 +92,7 @@ def test_threads_sharing_one_explainer(method):
 
 def test_baseline_functions_from_threads():
     """The functions of lidlib.baselines take the same lock."""
-    from lidlib import baselines
+    from lidlib import comparison as baselines
     model = _inplace_cnn()
     before = _state(model)
     inputs = _inputs(4)

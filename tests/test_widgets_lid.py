@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import lidlib  # noqa: E402
-from lidlib import baselines, toy  # noqa: E402
+from lidlib import comparison as baselines  # noqa: E402
+from lidlib import toy  # noqa: E402
 from lidlib import widgets_lid as wl  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 import torch
 
 import lidlib
-from lidlib import baselines, toy
+from lidlib import comparison, toy
 from lidlib import widgets_lid as wl
 
 
@@ -18,12 +18,12 @@ def exercise_1():
     with torch.no_grad():
         delta = float(model(x)[0, 0] - model(x_ref)[0, 0])
     assert abs(delta - (-4.0)) < 1e-12 and abs(float(exact.sum()) - delta) < 1e-12   # completeness
-    lib4 = baselines.integrated_gradients(model, x, 0, x_ref, n_steps=4)[0]
+    lib4 = comparison.integrated_gradients(model, x, 0, x_ref, n_steps=4)[0]
     assert torch.allclose(lib4, riemann4, atol=1e-12)
     # n = 3 samples t = 1/3 (ReLU'(0) = 0 in PyTorch), 2/3, 1: two of three on -> the exact value
     lib3 = lidlib.explain(model, x, 0, "IG", baseline=x_ref, n_steps=3).input[0]
     assert torch.allclose(lib3, exact, atol=1e-12)
-    lib_big = baselines.integrated_gradients(model, x, 0, x_ref, n_steps=3000)[0]
+    lib_big = comparison.integrated_gradients(model, x, 0, x_ref, n_steps=3000)[0]
     assert torch.allclose(lib_big, exact, atol=1e-3)
     return {"exact": exact.tolist(), "riemann n=4": riemann4.tolist(), "sum n=4": float(riemann4.sum()),
             "delta": delta}
@@ -37,7 +37,7 @@ def exercise_2(n: int = 50):
     h = model[:2](points).detach().requires_grad_(True)            # h(x_k), k = 0..n
     grad, = torch.autograd.grad(model[2:](h)[:, c].sum(), h)       # ∂F/∂h at every h(x_k)
     cond = (grad[1:] * (h[1:] - h[:-1]).detach()).sum(0)            # right end of each step
-    lib = baselines.integrated_gradients(model, x, c, x_ref, n_steps=n, layer="1")[0]
+    lib = comparison.integrated_gradients(model, x, c, x_ref, n_steps=n, layer="1")[0]
     assert torch.allclose(cond, lib, rtol=0, atol=1e-12)
     via_explain = lidlib.explain(model, x, c, "IG", baseline=x_ref, n_steps=n, layers=["1"]).layer("1")[0]
     assert torch.allclose(cond, via_explain, rtol=0, atol=1e-12)
@@ -57,7 +57,7 @@ def exercise_3(n: int = 20000):
         return (b - a)[0] * g.mean(0)
 
     broken = leg(x_ref, corner) + leg(corner, x)
-    straight = baselines.integrated_gradients(model, x, c, x_ref, n_steps=n)[0]
+    straight = comparison.integrated_gradients(model, x, c, x_ref, n_steps=n)[0]
     with torch.no_grad():
         delta = float(model(x)[0, c] - model(x_ref)[0, c])
     assert abs(float(broken.sum()) - delta) < 1e-3 * abs(delta)
