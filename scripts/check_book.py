@@ -14,7 +14,7 @@ loaded in headless Chromium.  The check fails (exit 1, with a list) on
   left in the page) or rendered as an error (``mjx-merror``);
 * a missing image (an ``<img>`` that does not decode, naturalWidth 0);
 * a widget view that the embedded widget manager did not render;
-* a gallery (``lidlib.gallery``, CSS class ``lid-gallery``) whose controls do not switch the image:
+* a gallery (``lidlib.widgets.gallery``, CSS class ``lid-gallery``) whose controls do not switch the image:
   each control is moved through all its options and the visible image must change each time;
 * a script loaded twice on a page (e.g. MathJax; see the _static/ pitfall in scripts/build_book.sh);
 * a Colab button pointing at a notebook the site does not ship;
@@ -461,7 +461,7 @@ def main(argv=None) -> int:
                                 totals["switches"] += 1
                             except PWTimeout:
                                 hint = ("" if v["gallery"] else
-                                        " (a live widget needs a kernel: show it with lidlib.gallery.live, "
+                                        " (a live widget needs a kernel: show it with lidlib.widgets.gallery.live, "
                                         "which leaves only a pointer line in the static book)")
                                 errors.append(f"{kind_of_view} {vi}: control {c['id']} ({c['kind']} "
                                               f"{c['label']!r}) step {step} changes nothing in the picture{hint}")

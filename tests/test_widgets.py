@@ -14,7 +14,7 @@ import torch
 
 import lidlib
 from lidlib import images, models, toy
-from lidlib import widgets as W
+from lidlib.widgets import heatmaps as W
 
 SMALL = 64
 
@@ -291,7 +291,7 @@ def test_gallery_and_render_images_carry_a_colour_bar(small):
 
 def test_show_heatmap_colour_bar_is_symmetric_red_white_blue():
     from matplotlib.colors import to_rgba
-    from lidlib.plot import CMAP, relevance_colorbar, show_heatmap
+    from lidlib.widgets.plot import CMAP, relevance_colorbar, show_heatmap
     h = torch.tensor([[-1.0, 0.5], [0.25, 3.0]])       # asymmetric values: the scale must still be ±3
     fig, ax = plt.subplots()
     im = show_heatmap(ax, h)
@@ -315,7 +315,7 @@ def test_show_heatmap_colour_bar_is_symmetric_red_white_blue():
 
 
 def test_update_heatmap_redraws_map_limits_and_bar():
-    from lidlib.plot import show_heatmap, update_heatmap
+    from lidlib.widgets.plot import show_heatmap, update_heatmap
     fig, ax = plt.subplots()
     im = show_heatmap(ax, torch.zeros(4, 5), image=torch.rand(3, 4, 5))
     h = torch.linspace(-2, 0.5, 20).reshape(4, 5)

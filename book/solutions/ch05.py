@@ -3,7 +3,7 @@ import torch
 
 import lidlib
 from lidlib import comparison, toy
-from lidlib import widgets_lid as wl
+
 
 
 def exercise_1():
@@ -31,7 +31,7 @@ def exercise_1():
 
 def exercise_2(n: int = 50):
     """Layer conductance at module 1 of the running example, from scratch, against lidlib."""
-    model, x, x_ref, c = wl.running_example()
+    model, x, x_ref, c = toy.running_example()
     t = torch.arange(0, n + 1, dtype=x.dtype)[:, None] / n          # x_0 = X̂, ..., x_n = X
     points = x_ref + t * (x - x_ref)
     h = model[:2](points).detach().requires_grad_(True)            # h(x_k), k = 0..n
@@ -46,7 +46,7 @@ def exercise_2(n: int = 50):
 
 def exercise_3(n: int = 20000):
     """IG along a broken path: first X_1, then the rest.  Same total, different attribution."""
-    model, x, x_ref, c = wl.running_example()
+    model, x, x_ref, c = toy.running_example()
     corner = x_ref.clone()
     corner[0, 0] = x[0, 0]
 

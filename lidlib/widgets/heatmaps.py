@@ -9,7 +9,7 @@
   exceptions inside callbacks, so ``tests/test_widgets.py`` drives this function directly).
 * :func:`heatmap_explorer` is the live ipywidgets UI (it needs a running kernel).
 * :func:`heatmap_gallery` is its static counterpart: every combination precomputed into a
-  :func:`lidlib.gallery.gallery_grid`, switched in the browser with no kernel.
+  :func:`lidlib.widgets.gallery.gallery_grid`, switched in the browser with no kernel.
 * :func:`scorecam_explanation` is ScoreCAM at one layer for several classes of ONE image: the same
   numbers as ``lidlib.explain(..., "ScoreCAM")`` (tested), with the masked forwards shared between
   the classes and the all-zero masks (constant channels) evaluated once.
@@ -32,12 +32,12 @@ import torch
 import torchvision.transforms.functional as TF
 
 import lidlib  # ``lidlib.explain`` is looked up at call time, so tests can count its calls
-from . import comparison
-from . import images as _images
-from . import models as _models
-from .explanation import Explanation
-from .gallery import Gallery, gallery_grid, to_png
-from .methods import get_method
+from .. import comparison
+from .. import images as _images
+from .. import models as _models
+from ..explanation import Explanation
+from ..methods import get_method
+from .gallery import Gallery, gallery_grid, small_png, to_png
 from .plot import relevance_colorbar, show_heatmap, update_heatmap
 
 __all__ = ["COMPOSITE", "STAGES", "REFERENCES", "State", "HeatmapRenderer", "render", "default_renderer",
@@ -97,7 +97,7 @@ class State:
         if isinstance(state, State):
             return state
         if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a lidlib.widgets.State or a dict of its fields, got {type(state).__name__}")
+            raise TypeError(f"state must be a lidlib.widgets.heatmaps.State or a dict of its fields, got {type(state).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(state) - fields)
         if unknown:
@@ -152,7 +152,7 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
                 f"{cache}: the saved ScoreCAM scores differ from the ones evaluated now (largest difference "
                 f"{worst:.3g} at the channels {sample.tolist()[:8]}...). The file is stale (another model, "
                 f"lidlib or image version): delete it and write it again with "
-                f"lidlib.widgets.write_scorecam_cache(path, model, x, targets)")
+                f"lidlib.widgets.heatmaps.write_scorecam_cache(path, model, x, targets)")
         checked = len(sample)
     w = torch.softmax(scores_c.T, dim=1)                                    # (len(c), C): softmax over channels
     cam = torch.einsum("bk,khw->bhw", w, a).clamp_min(0)
@@ -582,7 +582,7 @@ def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str
                     stages: Sequence[str] = STAGES, *, n_steps: int = 10, reference: str = "zeros",
                     figsize=(3.9, 3.3), dpi: int = 100, width: Optional[str] = None, colors: int = 256) -> Gallery:
     """Every (method, target) × stage heatmap of one image, precomputed into a
-    :func:`lidlib.gallery.gallery_grid` that switches in the built page with no kernel.
+    :func:`lidlib.widgets.gallery.gallery_grid` that switches in the built page with no kernel.
 
     Rows are ``"<method> · <target label>"``, columns the stages.  Each (method, image) is explained once
     for all ``targets`` in one batch (through the renderer's cache), so the cost is
@@ -619,24 +619,6 @@ def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str
         plt.close(fig)
     return gallery_grid(images, descriptions=("Method · class:", "Stage:"), controls=("dropdown", "toggle"),
                         width=width)
-
-
-def small_png(fig, colors: int = 96, *, close: bool = True, tight: bool = True) -> bytes:
-    """PNG bytes of a figure with at most ``colors`` palette colours (several times smaller than RGBA);
-    the figure is closed unless ``close=False``; ``tight=False`` keeps the figure's own size."""
-    import io
-    from PIL import Image
-    if tight:
-        rgb = Image.open(io.BytesIO(to_png(fig, close=close))).convert("RGB")
-    else:                                       # the canvas's pixels as drawn: one draw, no PNG in between
-        fig.canvas.draw()
-        rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-        if close:
-            plt.close(fig)
-    im = rgb.quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
 
 
 def stage_grid(renderer: HeatmapRenderer, image: str, methods: Sequence[str], target: str,
