@@ -439,12 +439,14 @@ class Comparison:
     """A method the paper compares against (Sec. 4), with its own function and what it needs.
 
     ``needs_reference``: it uses the reference input ``X̂`` (IG); ``uses_steps``: ``n_steps`` changes
-    it; ``stages``: the model's stages it explains by default, ``"all"`` or ``"last"`` (ScoreCAM, one
-    forward per channel); ``compute(method, model, x, target, reference, n_steps, layers)``: the
+    it; ``stage_maps``: a class activation map, relevance at stages only and none at the input;
+    ``stages``: the model's stages it explains by default, ``"all"`` or ``"last"`` (ScoreCAM, one
+    forward per channel: it is computed at the last stage only); ``compute(method, model, x, target, reference, n_steps, layers)``: the
     :class:`lidlib.Explanation` for a checked input ``x`` and (B,) targets."""
     name: str
     needs_reference: bool = False
     uses_steps: bool = False
+    stage_maps: bool = False
     stages: str = "all"
     compute: Optional[Callable] = field(default=None, repr=False, compare=False)
 
@@ -453,8 +455,8 @@ class Comparison:
 
 
 IG = Comparison("IG", needs_reference=True, uses_steps=True, compute=_explain_ig)
-GRADCAM = Comparison("GradCAM", compute=_gradient_cam(gradcam_map))
-LAYERCAM = Comparison("LayerCAM", compute=_gradient_cam(layercam_map))
-SCORECAM = Comparison("ScoreCAM", stages="last", compute=_explain_scorecam)
+GRADCAM = Comparison("GradCAM", stage_maps=True, compute=_gradient_cam(gradcam_map))
+LAYERCAM = Comparison("LayerCAM", stage_maps=True, compute=_gradient_cam(layercam_map))
+SCORECAM = Comparison("ScoreCAM", stage_maps=True, stages="last", compute=_explain_scorecam)
 #: the comparison methods of Sec. 4, in the paper's order
 COMPARISONS = (IG, GRADCAM, LAYERCAM, SCORECAM)

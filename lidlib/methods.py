@@ -96,3 +96,9 @@ def get_method(method):
                 raise ValueError(f"unknown method {method!r}: {e}") from None
     raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(METHODS)} "
                      "(or build one with lidlib.Method(name, top, rule, increment))")
+
+
+def last_stage_only(method) -> bool:
+    """Whether a method (a name or a method object) is computed at the model's last stage only (ScoreCAM:
+    :attr:`Comparison.stages <lidlib.comparison.Comparison>` is ``"last"``)."""
+    return getattr(get_method(method), "stages", "all") == "last"

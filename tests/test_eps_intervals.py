@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lidlib
-from lidlib import metrics as M
+from lidlib.evaluation import metrics as M
 from lidlib import rules, top
 from lidlib.methods import LRP0_EXACT, get_method
 

@@ -36,7 +36,7 @@ from .. import comparison
 from .. import images as _images
 from .. import models as _models
 from ..explanation import Explanation
-from ..methods import get_method
+from ..methods import get_method, last_stage_only
 from .gallery import Gallery, gallery_grid, small_png, to_png
 from .plot import relevance_colorbar, show_heatmap, update_heatmap
 
@@ -412,8 +412,8 @@ class HeatmapRenderer:
         get_method(s.method)                                               # ValueError listing the methods
         if s.stage not in STAGES:
             raise ValueError(f"unknown stage {s.stage!r}; choose one of {STAGES}")
-        if s.method == "ScoreCAM" and s.stage != "s5":
-            raise ValueError("ScoreCAM is computed at stage s5 only (one forward pass per channel); choose s5")
+        if last_stage_only(s.method) and s.stage != "s5":
+            raise ValueError(f"{s.method} is computed at stage s5 only (one forward pass per channel); choose s5")
         if s.reference not in REFERENCES:
             raise ValueError(f"unknown reference {s.reference!r}; choose one of {list(REFERENCES)}")
         self.class_index(s.image, s.target)
