@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from . import rules, top
 from .api import explain
+from .comparison import Comparison
 from .explainer import Explainer
 from .explanation import ConservationTable, Explanation
-from .comparison import Comparison
 from .methods import METHODS, Method
 from .rules import Rule
 
-__all__ = ["explain", "Explainer", "METHODS", "Method", "Comparison", "Rule", "Explanation", "ConservationTable", "rules", "top"]
+__all__ = ["explain", "Explainer", "METHODS", "Method", "Comparison", "Rule", "Explanation", "ConservationTable",
+           "rules", "top"]

@@ -5,10 +5,9 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .checks import (_as_input, _check_baseline, _check_eval, _check_layers, _check_steps, _check_target,
-                     _resolve_layer)
-from .engine import check_model, exclusive, propagate
+from .checks import _as_input, _check_baseline, _check_eval, _check_layers, _check_steps, _check_target, _resolve_layer
 from .comparison import COMPARISONS, Comparison
+from .engine import check_model, exclusive, propagate
 from .explanation import Explanation
 from .methods import Method, get_method
 
@@ -89,7 +88,8 @@ def _steps(m: Method, n_steps):
 
 def _one_reference(baseline, x) -> bool:
     """True when one reference serves the whole batch (then it is forwarded once, not B times)."""
-    return baseline is None or not isinstance(baseline, torch.Tensor) or baseline.dim() < x.dim() or baseline.shape[0] == 1
+    return (baseline is None or not isinstance(baseline, torch.Tensor) or baseline.dim() < x.dim()
+            or baseline.shape[0] == 1)
 
 
 def _finite(t: torch.Tensor, name: str) -> torch.Tensor:

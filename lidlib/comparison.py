@@ -32,8 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import (Layer, Target, _as_input, _check_baseline, _check_batch_size, _check_eval,
-                     _check_logits_model, _check_steps, _check_target, _resolve_layer, _select)
+from .checks import (
+    Layer,
+    Target,
+    _as_input,
+    _check_baseline,
+    _check_batch_size,
+    _check_eval,
+    _check_logits_model,
+    _check_steps,
+    _check_target,
+    _resolve_layer,
+    _select,
+)
 from .explanation import Explanation
 from .paths import riemann_points
 
@@ -79,7 +90,7 @@ def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
     later in-place operation (a functional ReLU, ``out += identity`` in a ResNet) can overwrite the
     stored values or re-base their autograd history; ``∂Z/∂h`` is then taken w.r.t. ``h`` itself.
     """
-    from .engine import patched, shape_hooks      # here, not at the top: engine -> methods -> comparison
+    from .engine import patched, shape_hooks  # here, not at the top: engine -> methods -> comparison
 
     _check_eval(model)
     _check_logits_model(model)
@@ -394,7 +405,8 @@ def _explain_ig(method: "Comparison", model, x, c, reference, n_steps, layers) -
         z = model(x)
         z_ref = model(_check_baseline(reference, x))
     top = torch.zeros_like(z).scatter_(1, c[:, None], 1.0) * (z - z_ref)
-    return Explanation(relevance, top, method, c, z, z_ref, n_steps, model, input_shape=x.shape)
+    return Explanation(relevance, top, method, c, z, reference_logits=z_ref, n_steps=n_steps, model=model,
+                       input_shape=x.shape)
 
 
 def _stage_layers(model, method: "Comparison", layers) -> List:
@@ -413,7 +425,7 @@ def _stage_layers(model, method: "Comparison", layers) -> List:
 
 def _cam_explanation(method: "Comparison", model, x, c, names, maps, z) -> Explanation:
     relevance = {name: cam[:, None] for name, cam in zip(names, maps)}
-    return Explanation(relevance, None, method, c, z, None, None, model, input_shape=x.shape)
+    return Explanation(relevance, None, method, c, z, model=model, input_shape=x.shape)
 
 
 def _gradient_cam(combine: Callable) -> Callable:
@@ -441,8 +453,9 @@ class Comparison:
     ``needs_reference``: it uses the reference input ``X̂`` (IG); ``uses_steps``: ``n_steps`` changes
     it; ``stage_maps``: a class activation map, relevance at stages only and none at the input;
     ``stages``: the model's stages it explains by default, ``"all"`` or ``"last"`` (ScoreCAM, one
-    forward per channel: it is computed at the last stage only); ``compute(method, model, x, target, reference, n_steps, layers)``: the
-    :class:`lidlib.Explanation` for a checked input ``x`` and (B,) targets."""
+    forward per channel: it is computed at the last stage only);
+    ``compute(method, model, x, target, reference, n_steps, layers)``: the :class:`lidlib.Explanation`
+    for a checked input ``x`` and (B,) targets."""
     name: str
     needs_reference: bool = False
     uses_steps: bool = False

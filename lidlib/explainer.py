@@ -18,9 +18,9 @@ from torch import nn
 
 from .api import _check_method, explain, prepare
 from .checks import _check_eval
+from .comparison import Comparison
 from .engine import Reference, exclusive, propagate, reference_pass
 from .explanation import Explanation
-from .comparison import Comparison
 from .methods import Method, get_method
 
 

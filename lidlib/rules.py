@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .paths import gauss_legendre, right_riemann, riemann_points
+from .paths import gauss_legendre, riemann_points, right_riemann
 from .top import stabilize
 
 try:                                   # torchvision's own layers, where it is installed

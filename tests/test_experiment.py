@@ -14,7 +14,6 @@ from lidlib.evaluation import config, results, runner
 from lidlib.evaluation import metrics as M
 from lidlib.models import Preprocess
 
-
 SIZE = 16
 METHODS = ["LRP-0", "SIG-LID-IG", "LayerCAM"]
 

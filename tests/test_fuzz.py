@@ -7,13 +7,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_reliability import _assert_same, _state
 from torch import nn
 
 import lidlib
 from lidlib import rules, toy
 from lidlib.comparison import Comparison as Baseline
 from lidlib.methods import METHODS, Method
-from test_reliability import _assert_same, _state
 
 N_CALLS = 500
 

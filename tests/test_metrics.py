@@ -15,7 +15,6 @@ import lidlib.images
 import lidlib.toy
 from lidlib.evaluation import metrics as M
 
-
 H = W = 8
 N = H * W
 

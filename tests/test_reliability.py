@@ -158,7 +158,6 @@ def test_unsupported_layer_is_named():
 
 
 def test_stage_errors():
-    from lidlib import models
     model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
     e = lidlib.explain(model, X, 0, "LID-IG")
     with pytest.raises(ValueError, match="not a stage"):

@@ -5,11 +5,11 @@ import threading
 
 import pytest
 import torch
+from test_reliability import _assert_same, _inplace_cnn, _state
 
 import lidlib
 from lidlib import toy
 from lidlib.methods import METHODS
-from test_reliability import _assert_same, _inplace_cnn, _state
 
 CALLS = 20
 LAYERS = {"GradCAM": ["2", "5"], "LayerCAM": ["2", "5"], "ScoreCAM": ["5"], "IG": ["2", "5"]}

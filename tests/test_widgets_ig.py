@@ -14,10 +14,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lidlib import toy  # noqa: E402
-from lidlib.widgets.conservation import (GAP_FLOOR, N_CHOICES, gap_figure, layer_gaps,  # noqa: E402
-                                         lid_ig_gap_view, lid_ig_gap_widget)
-from lidlib.widgets.contrast import (SCALE_CHOICES, scaled_logits, sig_contrast_figure,  # noqa: E402
-                                     sig_contrast_rows, sig_contrast_widget)
+from lidlib.widgets.conservation import GAP_FLOOR, N_CHOICES, gap_figure, layer_gaps, lid_ig_gap_view, lid_ig_gap_widget  # noqa: E402
+from lidlib.widgets.contrast import (  # noqa: E402
+    SCALE_CHOICES,
+    scaled_logits,
+    sig_contrast_figure,
+    sig_contrast_rows,
+    sig_contrast_widget,
+)
 from lidlib.widgets.gallery import PNG_SIGNATURE  # noqa: E402
 
 

@@ -16,9 +16,11 @@ import torch  # noqa: E402
 import lidlib  # noqa: E402
 from lidlib import comparison as baselines  # noqa: E402
 from lidlib import toy  # noqa: E402
-from lidlib.widgets import conservation  # noqa: E402
-from lidlib.widgets import contrast  # noqa: E402
-from lidlib.widgets import riemann  # noqa: E402
+from lidlib.widgets import (
+    conservation,  # noqa: E402
+    contrast,  # noqa: E402
+    riemann,  # noqa: E402
+)
 
 
 @pytest.fixture(scope="module")

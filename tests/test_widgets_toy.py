@@ -17,9 +17,11 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import lidlib  # noqa: E402
 from lidlib import explicit, rules, toy  # noqa: E402
-from lidlib.widgets import contrast  # noqa: E402
-from lidlib.widgets import gallery  # noqa: E402
-from lidlib.widgets import messages  # noqa: E402
+from lidlib.widgets import (
+    contrast,  # noqa: E402
+    gallery,  # noqa: E402
+    messages,  # noqa: E402
+)
 from lidlib.widgets.gallery import PNG_SIGNATURE  # noqa: E402
 
 X = torch.tensor([[0.7, 2.3, -0.5, -0.8]], dtype=torch.float64)

@@ -5,7 +5,6 @@ import lidlib
 from lidlib import comparison, toy
 
 
-
 def exercise_1():
     """2-2-1 network, X = (1, 1), X̂ = 0: exact IG by hand, and the right Riemann sum with n = 4."""
     model = toy.two_two_one()
@@ -14,7 +13,8 @@ def exercise_1():
     # by hand: pre-activations along (t, t) are 0.5 and 3t - 1 -> the second ReLU is on for t > 1/3
     # grad f = (1, -1) + 1[t > 1/3] * (-2) * (2, 1)
     exact = torch.tensor([1.0, -1.0], dtype=torch.float64) + (2 / 3) * torch.tensor([-4.0, -2.0], dtype=torch.float64)
-    riemann4 = torch.tensor([1.0, -1.0], dtype=torch.float64) + (3 / 4) * torch.tensor([-4.0, -2.0], dtype=torch.float64)
+    riemann4 = (torch.tensor([1.0, -1.0], dtype=torch.float64)
+                + (3 / 4) * torch.tensor([-4.0, -2.0], dtype=torch.float64))
     with torch.no_grad():
         delta = float(model(x)[0, 0] - model(x_ref)[0, 0])
     assert abs(delta - (-4.0)) < 1e-12 and abs(float(exact.sum()) - delta) < 1e-12   # completeness

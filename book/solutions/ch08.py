@@ -8,7 +8,6 @@ import lidlib
 from lidlib import top, toy
 
 
-
 def exercise_1():
     """Z = (2, 1, 0), Ẑ = (1, 1.5, 0), c = 0: P, P'_c, SG and ST top relevances by hand."""
     z = torch.tensor([[2.0, 1.0, 0.0]], dtype=torch.float64)

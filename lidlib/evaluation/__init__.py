@@ -23,8 +23,8 @@ Fig. 9), ``minimal-patch`` (Fig. 11), ``robustness`` (Fig. 14, quantitative) and
 
 Source: the evaluation set of Ch. 12 (``source=EVAL_SET``, command line ``--eval-set``: :func:`eval_samples`,
 210 two-object composites with known regions), or the bundled photos (:data:`lidlib.images.PHOTOS`) and
-two-object composites (:func:`composites`) by default, with :func:`lidlib.models.imagenet` as the model; a folder of images
-(:func:`lidlib.images.load_folder` conventions); a preprocessed batch; or a list of :class:`Sample`.  The
+two-object composites (:func:`composites`) by default, with :func:`lidlib.models.imagenet` as the model; a folder of
+images (:func:`lidlib.images.load_folder` conventions); a preprocessed batch; or a list of :class:`Sample`.  The
 target of an image is the model's top-1 class, except for the composites of ``class-discrimination``,
 which are explained once for each object's class (that object's top-1 class when shown alone).
 
@@ -55,8 +55,20 @@ from .config import METRICS, read_config
 from .figures import plot_metric
 from .results import COLUMNS, Results, check_writable, config_path, read_results
 from .runner import SampleMismatch, run, verify_sample
-from .samples import (EVAL_LAYOUTS, EVAL_SET, LAYOUTS, PAIRS, Composite, Sample, composite_samples, composites,
-                      default_source, eval_samples, folder_samples, photo_samples)
+from .samples import (
+                      EVAL_LAYOUTS,
+                      EVAL_SET,
+                      LAYOUTS,
+                      PAIRS,
+                      Composite,
+                      Sample,
+                      composite_samples,
+                      composites,
+                      default_source,
+                      eval_samples,
+                      folder_samples,
+                      photo_samples,
+)
 
 __all__ = ["COLUMNS", "METRICS", "Sample", "Composite", "Results", "run", "read_results", "composites",
            "photo_samples", "composite_samples", "default_source", "folder_samples", "plot_metric", "main",

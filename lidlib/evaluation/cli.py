@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import metrics as M
 from ..methods import last_stage_only
+from . import metrics as M
 from .config import METRICS, _check_methods, _stage_list
 from .results import check_writable
 from .runner import run
@@ -33,9 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, metavar="S",
                    help="input side in pixels (default: the model's, 224); images are resized to it")
     p.add_argument("--out", default="results.csv", metavar="CSV", help="output CSV (resumed if it exists)")
-    p.add_argument("--figure", default=None, metavar="PNG", help="figure path (default: next to the CSV); 'none' for none")
+    p.add_argument("--figure", default=None, metavar="PNG",
+                   help="figure path (default: next to the CSV); 'none' for none")
     p.add_argument("--weights", metavar="PTH", help="VGG-16 ImageNet state dict (default: lidlib.models.imagenet())")
-    p.add_argument("--stages", nargs="+", metavar="S", help="heatmaps, e.g. s5 s4 s54321 (default s5; multiscale: s5..s54321)")
+    p.add_argument("--stages", nargs="+", metavar="S",
+                   help="heatmaps, e.g. s5 s4 s54321 (default s5; multiscale: s5..s54321)")
     p.add_argument("--n-steps", type=int, default=10, help="path samples for IG rules and SIG (default 10)")
     p.add_argument("--ratios", nargs="+", type=float, default=list(M.RATIOS))
     p.add_argument("--radii", nargs="+", type=int, default=list(M.RADII))

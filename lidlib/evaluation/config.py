@@ -17,7 +17,6 @@ from . import metrics as M
 from .results import _fmt_param, config_path
 from .samples import EVAL_SET, Sample
 
-
 #: metric name → what it writes (``metric`` column values)
 METRICS = OrderedDict([
     ("probability-change", ("probability-change",)),
@@ -184,6 +183,7 @@ def _check_config(path: Path, settings: dict) -> dict:
 
 def _write_config(path: Path, settings: dict, cfg: "_Config", argv=None) -> None:
     import json
+
     import lidlib
     cpath = config_path(path)
     doc = {"settings": settings, "metrics": cfg.metrics, "stages": cfg.stages,

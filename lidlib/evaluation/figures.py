@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Sequence
+
 from .config import METRICS, _Config
 from .results import Results, _nanmean
-
-
-
 
 _LABELS = {"probability-change": ("ratio of pixels removed (least relevant first)", "ΔP_c"),
            "minimal-patch": ("patch radius r (side 2r + 1)", "ΔP_c"),

@@ -12,9 +12,6 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-
-
-
 #: the CSV's columns, in order
 COLUMNS = ("image", "target", "model", "method", "metric", "stages", "param", "value")
 

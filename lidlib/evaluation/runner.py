@@ -10,10 +10,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-
 from . import metrics as M
-from .config import (METRICS, _check_config, _check_methods, _Config, _expected_groups, _model_name, _seed_for,
-                     _settings, _stage_list, _write_config, read_config)
+from .config import (
+    METRICS,
+    _check_config,
+    _check_methods,
+    _Config,
+    _expected_groups,
+    _model_name,
+    _seed_for,
+    _settings,
+    _stage_list,
+    _write_config,
+    read_config,
+)
 from .figures import _save_figures
 from .results import COLUMNS, Results, _fmt_param, _read_rows, _rewrite, _write_rows, check_writable, read_results
 from .samples import EVAL_SET, Sample, _resolve_source, _validate_samples
@@ -114,8 +124,9 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     :func:`lidlib.models.imagenet`.  ``stages``: the heatmaps to evaluate, a list of specs (``5``, ``"s5"``,
     ``"s54"``, ``"input"``; a tuple is a LIST of heatmaps, so write ``"s54"`` for the multi-scale map); default
     ``["s5"]``, and ``s5 … s54321`` for ``multiscale``.  ``ratios``/``radii``/``fill``: see
-    :func:`lidlib.evaluation.metrics.probability_change` and :func:`~lidlib.evaluation.metrics.minimal_patch`; ``n_copies``,
-    ``max_shift``, ``scale``: :func:`~lidlib.evaluation.metrics.robustness`.  ``figure``: True for ``out_csv`` with ``.png``
+    :func:`lidlib.evaluation.metrics.probability_change` and :func:`~lidlib.evaluation.metrics.minimal_patch`;
+    ``n_copies``, ``max_shift``, ``scale``: :func:`~lidlib.evaluation.metrics.robustness`.  ``figure``: True for
+    ``out_csv`` with ``.png``
     (one PNG per metric, ``<stem>-<metric>.png`` when there are several), a path, or False.  ``limit``: only
     the first ``limit`` images.  Returns the :class:`Results` of the whole CSV.
 
@@ -214,7 +225,8 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
     (which must match ``model``, ``source`` and this lidlib: :func:`run`'s refusal rules apply).
     ``source``: the image source the CSV was made from (default: the one its configuration names, for the
     evaluation set and the default source); ``samples``: that source already built (e.g. the list
-    :func:`eval_samples` returned), checked against the configuration's checksum all the same.  Returns ``{"images", "methods", "rows", "max_abs_diff"}``."""
+    :func:`eval_samples` returned), checked against the configuration's checksum all the same.
+    Returns ``{"images", "methods", "rows", "max_abs_diff"}``."""
     import random
     doc = read_config(path)
     st = doc["settings"]

@@ -9,8 +9,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-
-
 #: photo pairs of the default composites (left object, right object)
 PAIRS = (("coffee", "chelsea"), ("rocket", "grace_hopper"))
 
@@ -241,7 +239,8 @@ def _validate_samples(samples: List[Sample], model) -> Tuple[List[Sample], List[
         if not isinstance(s.x, torch.Tensor) or s.x.dim() != 4 or s.x.shape[0] != 1:
             raise ValueError(f"image {s.name!r}: expected a preprocessed input (1, 3, S, S), got "
                              f"{tuple(s.x.shape) if isinstance(s.x, torch.Tensor) else type(s.x).__name__}")
-        s = dataclasses.replace(s, x=s.x.detach().to(device=param.device, dtype=param.dtype)) if param is not None else s
+        if param is not None:
+            s = dataclasses.replace(s, x=s.x.detach().to(device=param.device, dtype=param.dtype))
         try:
             with torch.no_grad():
                 z = model(s.x)

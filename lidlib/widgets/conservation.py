@@ -128,7 +128,8 @@ def scaled_biases(model: nn.Module, scale: float) -> nn.Module:
     return m.eval()
 
 
-def lid_gap_data(model: nn.Sequential, x: torch.Tensor, x_ref0: torch.Tensor, c: int, alpha: float) -> Dict[str, object]:
+def lid_gap_data(model: nn.Sequential, x: torch.Tensor, x_ref0: torch.Tensor, c: int,
+                 alpha: float) -> Dict[str, object]:
     """LID-Taylor with the reference moved to ``X̂ = X + α(X̂₀ − X)``, i.e. the increment
     ``ΔX = α(X − X̂₀)``: per-layer sums and the Taylor remainders (Eq. 12).  ``α = 0`` is ``X̂ = X``,
     ``α = 1`` is ``X̂₀``.

@@ -32,6 +32,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 import lidlib  # ``lidlib.explain`` is looked up at call time, so tests can count its calls
+
 from .. import comparison
 from .. import images as _images
 from .. import models as _models
@@ -97,7 +98,8 @@ class State:
         if isinstance(state, State):
             return state
         if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a lidlib.widgets.heatmaps.State or a dict of its fields, got {type(state).__name__}")
+            raise TypeError("state must be a lidlib.widgets.heatmaps.State or a dict of its fields, "
+                            f"got {type(state).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(state) - fields)
         if unknown:
@@ -156,8 +158,8 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
         checked = len(sample)
     w = torch.softmax(scores_c.T, dim=1)                                    # (len(c), C): softmax over channels
     cam = torch.einsum("bk,khw->bhw", w, a).clamp_min(0)
-    e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(), None,
-                    None, model, input_shape=(len(c),) + tuple(x.shape[1:]))
+    e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(),
+                    model=model, input_shape=(len(c),) + tuple(x.shape[1:]))
     e.scorecam_forwards = forwards
     e.scorecam_checked = checked
     e.scorecam_live = int(live.sum())

@@ -25,7 +25,8 @@ __all__ = ["path_derivative", "ig_riemann", "riemann_data", "riemann_figure", "i
 
 # --------------------------------------------------------------------------- chapter 5: IG, Eq. 11
 def path_derivative(model: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, c: int, t: torch.Tensor) -> torch.Tensor:
-    """``φ'(t) = ∇f(X̂ + tΔX) · ΔX`` with ``f = Z_c``, at the points ``t`` (1-D): the integrand of Eq. 11 summed over i."""
+    """``φ'(t) = ∇f(X̂ + tΔX) · ΔX`` with ``f = Z_c``, at the points ``t`` (1-D): the integrand of Eq. 11
+    summed over i."""
     dx = (x - x_ref).reshape(1, -1)
     pts = (x_ref.reshape(1, -1) + t[:, None].to(dx.dtype) * dx).requires_grad_(True)
     with torch.enable_grad():
@@ -34,7 +35,8 @@ def path_derivative(model: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, c: i
 
 
 def ig_riemann(model: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, c: int, n: int) -> torch.Tensor:
-    """IG from scratch, Eq. 11 with a right Riemann sum: ``ΔX ⊙ (1/n) Σ_{k=1..n} ∇f(X̂ + (k/n)ΔX)``; shape of ``x[0]``."""
+    """IG from scratch, Eq. 11 with a right Riemann sum: ``ΔX ⊙ (1/n) Σ_{k=1..n} ∇f(X̂ + (k/n)ΔX)``;
+    shape of ``x[0]``."""
     dx = (x - x_ref).reshape(1, -1)
     t = riemann_points(n, dx.dtype)
     pts = (x_ref.reshape(1, -1) + t[:, None] * dx).requires_grad_(True)
