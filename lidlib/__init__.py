@@ -14,6 +14,10 @@ The package mirrors the paper's panorama (Fig. 3): :mod:`lidlib.top` is the cont
 :mod:`lidlib.rules` the non-linearity axis, :class:`lidlib.Method` joins them with the increment
 axis, :mod:`lidlib.engine` runs the two-step algorithm (Eq. 15, 17, 22–24), and
 :mod:`lidlib.explicit` is the plain message-matrix form (Eq. 2, 3, 5, 7, 13, 14, 20).
+:mod:`lidlib.paths` owns the path grids, :mod:`lidlib.comparison` the methods the paper compares
+against (IG and the CAMs).  Beside the core: the data (:mod:`lidlib.toy`, :mod:`lidlib.models`,
+:mod:`lidlib.images`), the evaluation (:mod:`lidlib.evaluation`) and the book's teaching widgets
+(:mod:`lidlib.widgets`), which nothing in the core imports.
 """
 from __future__ import annotations
 
