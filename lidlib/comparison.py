@@ -55,6 +55,7 @@ __all__ = [
     "gradcam",
     "layercam",
     "scorecam",
+    "scorecam_map",
     "layercam_multiscale",
     "upsample",
     "minmax",
@@ -321,6 +322,12 @@ def scorecam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
         if r not in done:
             done[r] = scorecam_scores(model, x[r], masks[r], live[r], bs)[0]
         scores[b] = done[r][:, c[b]]
+    return scorecam_map(scores, a, relu)
+
+
+def scorecam_map(scores: torch.Tensor, a: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """Score-CAM from the target logits of the masked inputs ``scores`` (B, C) and the activations ``A``
+    (B or 1, C, h, w): ``cam = ReLU(Σ_k softmax_k(scores)_k A_k)``, (B, h, w)."""
     w = torch.softmax(scores, dim=1)
     cam = (w[:, :, None, None] * a).sum(1)
     return cam.clamp_min(0) if relu else cam

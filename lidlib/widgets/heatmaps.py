@@ -156,8 +156,7 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
                 f"lidlib or image version): delete it and write it again with "
                 f"lidlib.widgets.heatmaps.write_scorecam_cache(path, model, x, targets)")
         checked = len(sample)
-    w = torch.softmax(scores_c.T, dim=1)                                    # (len(c), C): softmax over channels
-    cam = torch.einsum("bk,khw->bhw", w, a).clamp_min(0)
+    cam = comparison.scorecam_map(scores_c.T, a[None])                      # softmax over channels, per class
     e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(),
                     model=model, input_shape=(len(c),) + tuple(x.shape[1:]))
     e.scorecam_forwards = forwards
