@@ -26,7 +26,7 @@ from .. import rules
 from ..api import explain
 from ..methods import Method
 from ..toy import forward_with_gradients, running_example
-from .gallery import control_image, to_png
+from .gallery import control_image, controls_image
 
 __all__ = ["N_CHOICES", "GAP_FLOOR", "layer_gaps", "gap_figure", "lid_ig_gap_view", "lid_ig_gap_widget",
            "LRP_TAYLOR", "scaled_biases", "lid_gap_data", "lid_gap_figure", "lid_gap_widget", "absorbed_data",
@@ -96,22 +96,9 @@ def lid_ig_gap_widget(model, x, target, baseline, methods: Sequence[str] = ("LID
     n = widgets.SelectionSlider(options=list(N_CHOICES), value=10, description="n (path samples)",
                                 style={"description_width": "initial"}, layout=widgets.Layout(width="28em"))
     exact = widgets.Checkbox(value=False, description="exact (n → ∞)")
-    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-    box = widgets.VBox([widgets.HBox([n, exact]), image])
-
-    def update(_=None):
-        n.disabled = exact.value
-        image.value = to_png(lid_ig_gap_view(model, x, target, baseline, n.value, exact.value, methods))
-        box.setting = (n.value, exact.value)
-
-    n.observe(update, "value")
-    exact.observe(update, "value")
-    box.n, box.exact, box.image, box.update = n, exact, image, update
-    update()
-    return box
-
-
-# --------------------------------------------------------------------------- chapter 10: SIG top
+    return controls_image({"n": n, "exact": exact},
+                          lambda n_, exact_: lid_ig_gap_view(model, x, target, baseline, n_, exact_, methods),
+                          before=lambda n_, exact_: setattr(n, "disabled", exact_))
 
 
 #: LRP-Taylor (Sec. 2.4, Eq. 18): the local Jacobian at every layer, relevance of activations Y^l

@@ -31,7 +31,7 @@ from ..methods import Method, get_method
 from ..paths import riemann_points
 from ..top import softmax_gradient, top_relevance
 from .conservation import N_CHOICES
-from .gallery import control_image, control_output, to_png
+from .gallery import control_image, control_output, controls_image
 from .messages import LRP0, _np, _vector
 
 __all__ = ["softmax_scale_data", "softmax_scale_figure", "softmax_scale_widget",
@@ -284,15 +284,5 @@ def sig_contrast_widget(model, x, target, baseline) -> widgets.VBox:
                                     style={"description_width": "initial"}, layout=widgets.Layout(width="24em"))
     n = widgets.SelectionSlider(options=list(N_CHOICES), value=10, description="n",
                                 style={"description_width": "initial"}, layout=widgets.Layout(width="24em"))
-    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-    box = widgets.VBox([widgets.HBox([scale, n]), image])
-
-    def update(_=None):
-        image.value = to_png(sig_contrast_figure(model, x, target, baseline, scale.value, n.value))
-        box.setting = (scale.value, n.value)
-
-    scale.observe(update, "value")
-    n.observe(update, "value")
-    box.scale, box.n, box.image, box.update = scale, n, image, update
-    update()
-    return box
+    return controls_image({"scale": scale, "n": n},
+                          lambda s, k: sig_contrast_figure(model, x, target, baseline, s, k))

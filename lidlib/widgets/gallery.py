@@ -314,6 +314,30 @@ def control_image(control: widgets.Widget, render: Callable[[object], "Figure"],
     return box
 
 
+def controls_image(controls: Mapping[str, widgets.Widget], render: Callable[..., "Figure"], *,
+                   before: Optional[Callable[..., None]] = None) -> widgets.VBox:
+    """Controls in a row above an image: every change of a control redraws ``render(*values)`` (after
+    ``before(*values)``, which may enable or disable controls).  The box has the controls as attributes
+    (by their keys), ``image``, ``update`` (the callback) and ``setting`` (the values last drawn)."""
+    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+    box = widgets.VBox([widgets.HBox(list(controls.values())), image])
+
+    def update(_=None):
+        values = tuple(c.value for c in controls.values())
+        if before is not None:
+            before(*values)
+        image.value = to_png(render(*values))
+        box.setting = values
+
+    for c in controls.values():
+        c.observe(update, "value")
+    for key, c in controls.items():
+        setattr(box, key, c)
+    box.image, box.update = image, update
+    update()
+    return box
+
+
 def control_output(controls: Sequence[widgets.Widget], render: Callable[[], Figure]) -> widgets.VBox:
     """Controls above an Output that shows ``render()`` now and after every change."""
     from IPython.display import clear_output, display
