@@ -18,6 +18,12 @@ axis, :mod:`lidlib.engine` runs the two-step algorithm (Eq. 15, 17, 22–24), an
 against (IG and the CAMs).  Beside the core: the data (:mod:`lidlib.toy`, :mod:`lidlib.models`,
 :mod:`lidlib.images`), the evaluation (:mod:`lidlib.evaluation`) and the book's teaching widgets
 (:mod:`lidlib.widgets`), which nothing in the core imports.
+
+Names: the reference input ``X̂`` is the argument ``baseline`` of every function (Captum's spelling;
+``Explainer.attribute`` takes Captum's ``baselines``); inside the engine and the rules ``x_ref`` and
+``y_ref`` are a layer's own references ``X̂^l``, ``Ŷ^l``.  Whether a method uses a reference is
+``needs_reference`` on both kinds of method (:class:`Method`, where it is the increment axis, and
+:class:`Comparison`).
 """
 from __future__ import annotations
 

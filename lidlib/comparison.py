@@ -401,16 +401,16 @@ def _model_stages(model) -> List[str]:
     return [stages[k] for k in sorted(stages)]
 
 
-def _explain_ig(method: "Comparison", model, x, c, reference, n_steps, layers) -> Explanation:
+def _explain_ig(method: "Comparison", model, x, c, baseline, n_steps, layers) -> Explanation:
     """IG (Eq. 11) at the input and conductance at ``layers`` (default: the model's stages), one pass."""
     if n_steps is None:
         raise ValueError("IG has no closed form: give n_steps (the paper uses 10)")
     names = list(layers) if layers is not None else _model_stages(model)
-    inp, conds = integrated_gradients_layers(model, x, c, reference, n_steps, names)
+    inp, conds = integrated_gradients_layers(model, x, c, baseline, n_steps, names)
     relevance = {"input": inp, **dict(zip(names, conds))}
     with torch.no_grad():
         z = model(x)
-        z_ref = model(_check_baseline(reference, x))
+        z_ref = model(_check_baseline(baseline, x))
     top = torch.zeros_like(z).scatter_(1, c[:, None], 1.0) * (z - z_ref)
     return Explanation(relevance, top, method, c, z, reference_logits=z_ref, n_steps=n_steps, model=model,
                        input_shape=x.shape)
@@ -438,14 +438,14 @@ def _cam_explanation(method: "Comparison", model, x, c, names, maps, z) -> Expla
 def _gradient_cam(combine: Callable) -> Callable:
     """The explanation function of a CAM whose map combines activations and gradients (all layers:
     one forward and one backward pass)."""
-    def explain(method, model, x, c, reference, n_steps, layers) -> Explanation:
+    def explain(method, model, x, c, baseline, n_steps, layers) -> Explanation:
         names = _stage_layers(model, method, layers)
         acts, grads, z = _acts_grads(model, x, c, names)
         return _cam_explanation(method, model, x, c, names, [combine(a, g) for a, g in zip(acts, grads)], z)
     return explain
 
 
-def _explain_scorecam(method: "Comparison", model, x, c, reference, n_steps, layers) -> Explanation:
+def _explain_scorecam(method: "Comparison", model, x, c, baseline, n_steps, layers) -> Explanation:
     names = _stage_layers(model, method, layers)
     maps = [scorecam(model, x, c, name) for name in names]
     with torch.no_grad():
@@ -457,11 +457,12 @@ def _explain_scorecam(method: "Comparison", model, x, c, reference, n_steps, lay
 class Comparison:
     """A method the paper compares against (Sec. 4), with its own function and what it needs.
 
-    ``needs_reference``: it uses the reference input ``X̂`` (IG); ``uses_steps``: ``n_steps`` changes
-    it; ``stage_maps``: a class activation map, relevance at stages only and none at the input;
+    ``needs_reference``: it uses the reference input ``X̂`` (IG; the argument ``baseline``, as everywhere);
+    ``uses_steps``: ``n_steps`` changes it; ``stage_maps``: a class activation map, relevance at stages
+    only and none at the input;
     ``stages``: the model's stages it explains by default, ``"all"`` or ``"last"`` (ScoreCAM, one
     forward per channel: it is computed at the last stage only);
-    ``compute(method, model, x, target, reference, n_steps, layers)``: the :class:`lidlib.Explanation`
+    ``compute(method, model, x, target, baseline, n_steps, layers)``: the :class:`lidlib.Explanation`
     for a checked input ``x`` and (B,) targets."""
     name: str
     needs_reference: bool = False
@@ -470,8 +471,8 @@ class Comparison:
     stages: str = "all"
     compute: Optional[Callable] = field(default=None, repr=False, compare=False)
 
-    def explain(self, model, x, target, reference, n_steps, layers) -> Explanation:
-        return self.compute(self, model, x, target, reference, n_steps, layers)
+    def explain(self, model, x, target, baseline, n_steps, layers) -> Explanation:
+        return self.compute(self, model, x, target, baseline, n_steps, layers)
 
 
 IG = Comparison("IG", needs_reference=True, uses_steps=True, compute=_explain_ig)
