@@ -62,7 +62,8 @@ class _Residual(nn.Module):
 
 def residual_cnn(in_channels: int = 2, size: int = 8, classes: int = 4, seed: int = 0,
                  dtype=torch.float64, bias_std: float = 0.3) -> nn.Module:
-    """A small network with a residual addition, BatchNorm, ReLU6 and a depthwise conv."""
+    """A small network with a residual addition, BatchNorm, ReLU6 and a depthwise conv (the tests'
+    non-sequential model: tests/test_explainer.py, tests/test_fuzz.py)."""
     model = nn.Sequential(
         nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), _Residual(4), nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, classes))
