@@ -21,15 +21,19 @@ SCRIPTS = $$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts")
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 PIP_INSTALL = $(PYTHON) -m pip install -q --disable-pip-version-check
 
-.PHONY: book test check-book bench eval
+.PHONY: book test lint check-book bench eval
 
 book: $(MAKE_VENV)   ## build the whole book, offline, executing every chapter (-W: warnings are errors)
 	$(PIP_INSTALL) -r requirements.txt
 	PATH="$(SCRIPTS):$$PATH" bash scripts/build_book.sh
 
-test: $(MAKE_VENV)   ## run the test suite (library, oracles, widgets, exercise solutions, install routes)
+test: $(MAKE_VENV)   ## lint (ruff, pyproject.toml [tool.ruff]), then the test suite (library, oracles, widgets, solutions, install routes)
 	$(PIP_INSTALL) -r requirements.txt -r requirements-test.txt
+	$(PYTHON) -m ruff check lidlib tests scripts book/solutions book/_ext
 	PATH="$(SCRIPTS):$$PATH" $(PYTHON) -m pytest -q
+
+lint:            ## only the linter of `make test`
+	$(PYTHON) -m ruff check lidlib tests scripts book/solutions book/_ext
 
 check-book:      ## load every built page in headless Chromium (needs: apt-get install chromium)
 	$(PYTHON) scripts/check_book.py

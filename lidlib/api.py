@@ -1,16 +1,15 @@
-"""``explain``: one signature for every method of the paper (the panorama and the baselines)."""
+"""``explain``: one signature for every method of the paper (the panorama and the comparison methods)."""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from . import baselines
-from .checks import (_as_input, _check_baseline, _check_eval, _check_layers, _check_steps, _check_target,
-                     _resolve_layer)
+from .checks import _as_input, _check_baseline, _check_eval, _check_layers, _check_steps, _check_target, _resolve_layer
+from .comparison import COMPARISONS, Comparison
 from .engine import check_model, exclusive, propagate
 from .explanation import Explanation
-from .methods import _BASELINES, Baseline, Method, get_method
+from .methods import Method, get_method
 
 
 def explain(model: torch.nn.Module, x: torch.Tensor, target, method: Union[str, Method] = "SIG-LID-IG", *,
@@ -36,8 +35,10 @@ def explain(model: torch.nn.Module, x: torch.Tensor, target, method: Union[str, 
     m = _check_method(get_method(method))
     _check_eval(model)
     with exclusive(model):
-        if isinstance(m, Baseline):
-            return _explain_baseline(model, x, target, m, baseline, n_steps, _check_layers(layers))
+        if isinstance(m, Comparison):
+            layers = _check_layers(layers)
+            x = _finite(_as_input(model, x), "x")
+            return m.explain(model, x, _check_target(target, x.shape[0], x.device), baseline, n_steps, layers)
         call = prepare(model, x, target, m, baseline, n_steps, layers)
         return propagate(model, call.x, call.target, m, call.baseline, call.n_steps, call.keep)
 
@@ -59,7 +60,7 @@ def prepare(model, x, target, m: Method, baseline, n_steps, layers) -> Call:
     x = _finite(_as_input(model, x), "x")
     target = _check_target(target, x.shape[0], x.device)
     ref = None
-    if m.increment:
+    if m.needs_reference:
         ref = _finite(_check_baseline(baseline, x, one=_one_reference(baseline, x)), "baseline")
     keep = None if layers is None else {_resolve_layer(model, l)[0] for l in layers}
     return Call(x, target, ref, n_steps, keep)
@@ -68,21 +69,16 @@ def prepare(model, x, target, m: Method, baseline, n_steps, layers) -> Call:
 def _check_method(m):
     if isinstance(m, Method) and not isinstance(m.increment, bool):
         raise TypeError(f"Method.increment must be True or False, got {m.increment!r}")
-    if isinstance(m, Baseline) and m not in _BASELINES:
-        raise ValueError(f"unknown baseline method {m!r}; the baselines are "
-                         f"{', '.join(b.name for b in _BASELINES)}: pass one of these names")
+    if isinstance(m, Comparison) and m not in COMPARISONS:
+        raise ValueError(f"unknown baseline method {m!r}; the comparison methods are "
+                         f"{', '.join(b.name for b in COMPARISONS)}: pass one of these names")
     return m
-
-
-def uses_steps(m: Method) -> bool:
-    """Whether a method samples a path: the SIG top (Sec. 3.3) or a path-averaged rule (Eq. 21)."""
-    return m.top == "SIG" or "D̄" in (m.rule.elementwise, m.rule.maxpool)
 
 
 def _steps(m: Method, n_steps):
     if n_steps is None:
         return None
-    if not uses_steps(m):            # ignored, as the CAMs ignore it: kept if valid, else None
+    if not m.uses_steps:             # ignored, as the CAMs ignore it: kept if valid, else None
         try:
             return _check_steps(n_steps)
         except ValueError:
@@ -92,51 +88,11 @@ def _steps(m: Method, n_steps):
 
 def _one_reference(baseline, x) -> bool:
     """True when one reference serves the whole batch (then it is forwarded once, not B times)."""
-    return baseline is None or not isinstance(baseline, torch.Tensor) or baseline.dim() < x.dim() or baseline.shape[0] == 1
+    return (baseline is None or not isinstance(baseline, torch.Tensor) or baseline.dim() < x.dim()
+            or baseline.shape[0] == 1)
 
 
 def _finite(t: torch.Tensor, name: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or infinite values; explain finite inputs only")
     return t
-
-
-def _stage_layers(model, method: Baseline, layers):
-    if layers is not None:
-        if not layers:
-            raise ValueError(f"{method.name} needs at least one layer: layers=[...] (module names), or None "
-                             "for the model's stages")
-        return list(layers)
-    stages = getattr(model, "stages", None)
-    if not stages:
-        raise ValueError(f"{method.name} needs layers=[...] (module names) for a model without `stages`")
-    names = [stages[k] for k in sorted(stages)]
-    return names[-1:] if method.name == "ScoreCAM" else names
-
-
-def _explain_baseline(model, x, target, m: Baseline, baseline, n_steps, layers) -> Explanation:
-    x = _finite(_as_input(model, x), "x")
-    c = _check_target(target, x.shape[0], x.device)
-    if m.name == "IG":
-        if n_steps is None:
-            raise ValueError("IG has no closed form: give n_steps (the paper uses 10)")
-        names = list(layers) if layers is not None else [v for _, v in sorted((getattr(model, "stages", None) or {}).items())]
-        inp, conds = baselines.integrated_gradients_layers(model, x, c, baseline, n_steps, names)
-        relevance = dict(zip(names, conds))
-        relevance = {"input": inp, **relevance}
-        with torch.no_grad():
-            z = model(x)
-            z_ref = model(_check_baseline(baseline, x))
-        top = torch.zeros_like(z).scatter_(1, c[:, None], 1.0) * (z - z_ref)
-        return Explanation(relevance, top, m, c, z, z_ref, n_steps, model, input_shape=x.shape)
-    names = _stage_layers(model, m, layers)
-    if m.name == "ScoreCAM":
-        maps = [baselines.scorecam(model, x, c, name) for name in names]
-        with torch.no_grad():
-            z = model(x)
-    else:
-        fn = baselines.gradcam_map if m.name == "GradCAM" else baselines.layercam_map
-        acts, grads, z = baselines._acts_grads(model, x, c, names)      # all stages: one pass
-        maps = [fn(a, g) for a, g in zip(acts, grads)]
-    relevance = {name: cam[:, None] for name, cam in zip(names, maps)}
-    return Explanation(relevance, None, m, c, z, None, None, model, input_shape=x.shape)

@@ -18,9 +18,10 @@ from torch import nn
 
 from .api import _check_method, explain, prepare
 from .checks import _check_eval
+from .comparison import Comparison
 from .engine import Reference, exclusive, propagate, reference_pass
 from .explanation import Explanation
-from .methods import Baseline, Method, get_method
+from .methods import Method, get_method
 
 
 class Explainer:
@@ -39,7 +40,7 @@ class Explainer:
 
     ``method``, ``baseline``, ``n_steps`` and ``layers`` are plain attributes and may be reassigned
     between calls (``n_steps`` and ``layers`` never invalidate the reference).  The LRP family
-    (no reference) and the baselines (IG, CAMs) are passed on to :func:`lidlib.explain` unchanged.
+    (no reference) and the comparison methods (IG, CAMs) are passed on to :func:`lidlib.explain` unchanged.
     No hooks stay on the model between calls and the model is left unchanged; calls hold the model's
     lock (:func:`lidlib.engine.exclusive`), so one explainer may be used from several threads.  The
     cached reference keeps one reference forward pass's activations alive (batch 1 for a single
@@ -78,7 +79,7 @@ class Explainer:
         m = _check_method(get_method(self.method))
         _check_eval(self.model)
         with exclusive(self.model):
-            if isinstance(m, Baseline) or not m.increment:
+            if isinstance(m, Comparison) or not m.needs_reference:
                 return explain(self.model, x, target, m, baseline=baseline, n_steps=self.n_steps, layers=self.layers)
             call = prepare(self.model, x, target, m, baseline, self.n_steps, self.layers)
             return propagate(self.model, call.x, call.target, m, call.baseline, call.n_steps, call.keep,

@@ -18,9 +18,12 @@ class ConservationRow:
 
 
 class ConservationTable(list):
-    """Rows of :class:`ConservationRow`, input first; prints as a table (first sample of the batch)."""
+    """Rows of :class:`ConservationRow`, input first; prints as a table (first sample of the batch).
+    ``aliases``: container name → the layer whose output it hands on (see :meth:`Explanation.layer`)."""
 
-    aliases: dict = {}
+    def __init__(self, rows=(), aliases=None):
+        super().__init__(rows)
+        self.aliases = dict(aliases or {})
 
     def max_rel_gap(self, layers=None) -> float:
         """Worst relative gap over ``layers`` (module names; containers resolve to their last child)."""
@@ -55,8 +58,10 @@ class Explanation:
     """
 
     def __init__(self, relevance: "OrderedDict[str, torch.Tensor]", top: Optional[torch.Tensor], method,
-                 target: torch.Tensor, logits: torch.Tensor, reference_logits: Optional[torch.Tensor],
-                 n_steps: Optional[int], model=None, aliases=None, input_shape=None):
+                 target: torch.Tensor, logits: torch.Tensor, reference_logits: Optional[torch.Tensor] = None,
+                 n_steps: Optional[int] = None, model=None, *, aliases=None, input_shape=None):
+        """``top``: the top relevance (B, K), None for a class activation map (no decomposition);
+        ``reference_logits``: ``Ẑ`` (None without a reference); ``model``: where ``stages`` are read."""
         self.relevance = relevance
         self.top = top
         self.total = (top.sum(dim=1) if top is not None
@@ -97,13 +102,13 @@ class Explanation:
             raise ValueError(f"{self.method.name} is a class activation map, not a decomposition: "
                              "it has no conservation to measure")
         scale = self.top.abs().sum(dim=1)
-        table = ConservationTable()
-        table.aliases = self.aliases
+        table = ConservationTable(aliases=self.aliases)
         for name, r in self.relevance.items():
             s = r.flatten(1).sum(dim=1)
             own = torch.where(scale > 0, scale, r.flatten(1).abs().sum(dim=1))
             gap = (s - self.total).abs()
-            table.append(ConservationRow(name, s, self.total, torch.where(own > 0, gap / torch.where(own > 0, own, 1), gap)))
+            rel_gap = torch.where(own > 0, gap / torch.where(own > 0, own, 1), gap)
+            table.append(ConservationRow(name, s, self.total, rel_gap))
         return table
 
     def stage_map(self, stage) -> torch.Tensor:
@@ -124,7 +129,7 @@ class Explanation:
         so every stage weighs the same and the sign — red positive, blue negative — is kept.  All
         stages come from the same explanation: no extra backward pass.
         """
-        from .baselines import upsample
+        from .comparison import upsample
         if isinstance(stages, str) and stages.startswith("s") and len(stages) > 2:
             stages = tuple(int(ch) for ch in stages[1:])
         single = not isinstance(stages, (tuple, list))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .methods import Method, get_method
+from .paths import riemann_points
 from .rules import ELEMENTWISE, local_slope
 from .top import stabilize, top_relevance
 
@@ -63,7 +64,7 @@ def mean_slope(layer: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, n_steps: 
             if dx[j] != 0:
                 out[j] = (layer(x[j:j + 1]) - layer(x_ref[j:j + 1]))[0] / dx[j]
         return out
-    return sum(local_slope(layer, x_ref + (k / n_steps) * dx) for k in range(1, n_steps + 1)) / n_steps
+    return sum(local_slope(layer, x_ref + t * dx) for t in riemann_points(n_steps).tolist()) / n_steps
 
 
 def layer_matrix(layer: nn.Module, method: Method, x, x_ref, y, y_ref, n_steps):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import rules
+from .comparison import COMPARISONS, Comparison
 from .rules import Rule
 from .top import TOPS
 
@@ -35,6 +36,16 @@ class Method:
             raise ValueError(f"Method.top must be one of {TOPS}, got {self.top!r}")
         if not isinstance(self.rule, Rule):
             raise TypeError(f"Method.rule must be a lidlib.rules.Rule, got {type(self.rule).__name__}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the method uses the reference input ``X̂``: the increment family (Sec. 2.4)."""
+        return self.increment
+
+    @property
+    def uses_steps(self) -> bool:
+        """Whether ``n_steps`` changes the method: the SIG top (Sec. 3.3) or a path-averaged rule (Eq. 21)."""
+        return self.top == "SIG" or "D̄" in (self.rule.elementwise, self.rule.maxpool)
 
     def with_eps(self, eps: float) -> "Method":
         """The same method of the LRP family with ε = ``eps`` (:func:`lidlib.rules.lrp_epsilon`), named
@@ -62,25 +73,17 @@ _PANORAMA = [
     Method("SIG-LID-IG", "SIG", rules.IG, increment=True),            # Eq. 24, Algorithm 1
 ]
 
-@dataclass(frozen=True)
-class Baseline:
-    """A method the paper compares against (Sec. 4), computed by :mod:`lidlib.baselines`."""
-    name: str
-    reference: bool   # whether it uses the reference input X̂
 
-
-_BASELINES = [Baseline("IG", True), Baseline("GradCAM", False), Baseline("LayerCAM", False),
-              Baseline("ScoreCAM", False)]
-
-#: the paper's named methods, by the paper's names: the panorama, then the baselines
-METHODS: dict = {m.name: m for m in _PANORAMA + _BASELINES}
+#: the paper's named methods, by the paper's names: the panorama, then the comparison methods (Sec. 4)
+METHODS: dict = {m.name: m for m in _PANORAMA + list(COMPARISONS)}
 #: exact LRP-0 (ε = 0, gradient × input), the limit the book's derivations use
 LRP0_EXACT = Method("LRP-0 (ε=0)", "logit", rules.LRP0, increment=False)
 
 
 def get_method(method):
-    """A :class:`Method` (or :class:`Baseline`) from a name of :data:`METHODS` or a Method itself."""
-    if isinstance(method, (Method, Baseline)):
+    """A :class:`Method` (or :class:`~lidlib.comparison.Comparison`) from a name of :data:`METHODS` or
+    a method itself."""
+    if isinstance(method, (Method, Comparison)):
         return method
     if isinstance(method, str) and method in METHODS:
         return METHODS[method]
@@ -93,3 +96,9 @@ def get_method(method):
                 raise ValueError(f"unknown method {method!r}: {e}") from None
     raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(METHODS)} "
                      "(or build one with lidlib.Method(name, top, rule, increment))")
+
+
+def last_stage_only(method) -> bool:
+    """Whether a method (a name or a method object) is computed at the model's last stage only (ScoreCAM:
+    :attr:`Comparison.stages <lidlib.comparison.Comparison>` is ``"last"``)."""
+    return getattr(get_method(method), "stages", "all") == "last"

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 from torchvision.models import VGG16_Weights
 
 __all__ = ["WeightsUnavailableError", "Preprocess", "vgg16", "efficientnet_lite0", "imagenet",

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from .paths import gauss_legendre, riemann_points, right_riemann
 from .top import stabilize
 
 try:                                   # torchvision's own layers, where it is installed
@@ -560,8 +561,7 @@ def path_shares(a: torch.Tensor, b: torch.Tensor, n_steps: Optional[int]) -> tor
     the row's maximum — at the samples ``t = k/n`` (``n_steps = n``), or exactly (None), where
     line ``i`` wins on the interval ``[max_j lower_ij, min_j upper_ij]`` of its pairwise wins."""
     if n_steps is not None:
-        t = (torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps)       # k/n, as a Python float
-             .to(a.dtype).to(a.device))
+        t = riemann_points(n_steps, a.dtype, a.device)
         win = torch.argmax(a[:, None, :] + t[:, None] * b[:, None, :], dim=2)      # (N, n), first index
         return torch.zeros_like(a).scatter_add_(1, win, torch.full_like(win, 1, dtype=a.dtype)).div_(n_steps)
     K = a.shape[1]
@@ -761,12 +761,12 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
     if n_steps is not None:
         kernel = None if _position_dependent(sigma) else _kernel(sigma)
         if kernel is None:                                  # all n samples in one autograd call
-            t = torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps).to(x.dtype).to(x.device)
+            t = riemann_points(n_steps, x.dtype, x.device)
             points = torch.addcmul(x_ref[None], t.view(-1, *([1] * x.dim())), dx[None])
             return _derivative(sigma, points).mean(0)
         p, total, d = torch.empty_like(x), None, None       # one sample at a time, in three buffers
-        for k in range(1, n_steps + 1):
-            torch.add(x_ref, dx, alpha=k / n_steps, out=p)
+        for t in riemann_points(n_steps, torch.float64).tolist():
+            torch.add(x_ref, dx, alpha=t, out=p)
             if total is None:
                 total = kernel(p)
             else:
@@ -835,13 +835,6 @@ class _Product(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- normalisation
-def _legendre(m: int, dtype, device):
-    import numpy as np
-    t, w = np.polynomial.legendre.leggauss(m)
-    return (torch.tensor((t + 1) / 2, dtype=dtype, device=device),
-            torch.tensor(w / 2, dtype=dtype, device=device))
-
-
 def _path_vjp(layer, x, x_ref, g, ts, ws):
     """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g``: the layer evaluated at the path points, as one batch."""
     x_ref = x_ref.expand_as(x)
@@ -867,12 +860,11 @@ def norm_path_vjp(layer, x, x_ref, g, n_steps: Optional[int]):
     ``(D̄ᵀg, nodes, measured error)`` (error None for samples) and warns if the last rule tried
     does not reach the tolerance."""
     if n_steps is not None:
-        ts = torch.arange(1, n_steps + 1, dtype=torch.float64).div_(n_steps).to(x.dtype).to(x.device)
-        return _path_vjp(layer, x, x_ref, g, ts, torch.full_like(ts, 1.0 / n_steps)), n_steps, None
+        return _path_vjp(layer, x, x_ref, g, *right_riemann(n_steps, x.dtype, x.device)), n_steps, None
     tol = 64 * torch.finfo(x.dtype).eps
     prev, err = None, float("inf")
     for m in QUADRATURE_NODES:
-        v = _path_vjp(layer, x, x_ref, g, *_legendre(m, x.dtype, x.device))
+        v = _path_vjp(layer, x, x_ref, g, *gauss_legendre(m, 1, x.dtype, x.device))
         if prev is not None:
             err = float((v - prev).abs().max() / v.abs().max().clamp(min=torch.finfo(x.dtype).tiny))
             if err <= tol:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Tuple
 
-import numpy as np
 import torch
+
+from .paths import gauss_legendre, right_riemann
 
 TOPS = ("logit", "SG", "ST", "SIG")
 
@@ -41,18 +42,6 @@ def softmax_gradient(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return pc * (e_c - p)
 
 
-def _gauss_legendre(n_points: int, n_panels: int, dtype, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Nodes and weights of a composite Gauss-Legendre rule on [0, 1]."""
-    x, w = np.polynomial.legendre.leggauss(n_points)
-    edges = np.linspace(0.0, 1.0, n_panels + 1)
-    half = np.diff(edges) / 2
-    mid = (edges[:-1] + edges[1:]) / 2
-    nodes = (mid[:, None] + half[:, None] * x[None, :]).ravel()
-    weights = (half[:, None] * w[None, :]).ravel()
-    return (torch.as_tensor(nodes, dtype=dtype, device=device),
-            torch.as_tensor(weights, dtype=dtype, device=device))
-
-
 def path_average(fn: Callable[[torch.Tensor], torch.Tensor], z_ref: torch.Tensor, dz: torch.Tensor,
                  n_steps: Optional[int]) -> torch.Tensor:
     """Average of ``fn`` on the straight path ``z_ref → z_ref + dz`` (Eq. 21, applied to the softmax).
@@ -64,12 +53,11 @@ def path_average(fn: Callable[[torch.Tensor], torch.Tensor], z_ref: torch.Tensor
     path points, (T, B, K): the points are evaluated in chunks of that shape, not one by one.
     """
     if n_steps is not None:
-        t = torch.arange(1, n_steps + 1, dtype=torch.float64) / n_steps
-        w = torch.full((n_steps,), 1.0 / n_steps, dtype=torch.float64)
+        t, w = right_riemann(n_steps)
     else:
         spread = float((dz.max(dim=1).values - dz.min(dim=1).values).max()) if dz.numel() else 0.0
         panels = int(min(4096, max(4, math.ceil(spread))))
-        t, w = _gauss_legendre(16, panels, torch.float64, "cpu")
+        t, w = gauss_legendre(16, panels)
     t, w = t.to(dtype=dz.dtype, device=dz.device), w.to(dtype=dz.dtype, device=dz.device)
     acc = torch.zeros_like(dz)
     chunk = max(1, 4_000_000 // max(1, dz.numel()))                 # bounded memory: T·B·K ≤ 4e6

@@ -5,7 +5,7 @@ every builder here draws its biases from N(0, ``bias_std``²) and returns an eva
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -62,7 +62,8 @@ class _Residual(nn.Module):
 
 def residual_cnn(in_channels: int = 2, size: int = 8, classes: int = 4, seed: int = 0,
                  dtype=torch.float64, bias_std: float = 0.3) -> nn.Module:
-    """A small network with a residual addition, BatchNorm, ReLU6 and a depthwise conv."""
+    """A small network with a residual addition, BatchNorm, ReLU6 and a depthwise conv (the tests'
+    non-sequential model: tests/test_explainer.py, tests/test_fuzz.py)."""
     model = nn.Sequential(
         nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), _Residual(4), nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, classes))
@@ -85,3 +86,26 @@ def two_two_one(dtype=torch.float64) -> nn.Sequential:
         model[2].weight.copy_(torch.tensor([[1.0, -2.0]]))
         model[2].bias.copy_(torch.tensor([0.25]))
     return model.to(dtype).eval()
+
+
+def running_example(seed: int = 1):
+    """The running example of Chapters 5–8: ``(model, x, x_ref, c)`` with ``model = mlp((4, 8, 8, 3))``
+    (seeded float64 ReLU MLP with non-zero biases), ``X ~ N(0, I)``, ``X̂ ~ N(0, 0.25 I)``, class 0."""
+    model = mlp((4, 8, 8, 3))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, dtype=torch.float64, generator=g)
+    x_ref = 0.5 * torch.randn(1, 4, dtype=torch.float64, generator=g)
+    return model, x, x_ref, 0
+
+
+def forward_with_gradients(model: nn.Sequential, x: torch.Tensor, c: Optional[int]):
+    """``(ys, grads)``: ``ys[0] = x`` and ``ys[l+1]`` the output of module ``l`` (detached), and
+    ``grads[l] = ∂Z_c/∂ys[l]`` by autograd (``grads = None`` when ``c`` is None)."""
+    h = x.detach().clone().requires_grad_(c is not None)
+    ys = [h]
+    with torch.enable_grad() if c is not None else torch.no_grad():
+        for layer in model:
+            h = layer(h)
+            ys.append(h)
+        grads = list(torch.autograd.grad(h[0, c], ys)) if c is not None else None
+    return [y.detach() for y in ys], grads

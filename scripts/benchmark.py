@@ -123,7 +123,8 @@ def explainer_rows(model, name, batches, repeats, threads):
             label = "exact" if n is None else n
             explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=n)
             fns[f"Explainer SIG-LID-IG (n={label})"] = lambda e=explainer: e(x, target)
-            fns[f"explain SIG-LID-IG (n={label})"] = lambda n=n: lidlib.explain(model, x, target, "SIG-LID-IG", n_steps=n)
+            fns[f"explain SIG-LID-IG (n={label})"] = lambda n=n: lidlib.explain(model, x, target, "SIG-LID-IG",
+                                                                                n_steps=n)
         times = measure_all(fns, repeats)
         base = statistics.median(times["plain gradient"])
         print(f"\n{name}: Explainer, batch {b}, 224x224, {threads} threads, {repeats} runs")
@@ -160,7 +161,8 @@ def main():
         runs = ([(m, 10) for m in lidlib.METHODS if m != "ScoreCAM" or args.scorecam]
                 + [("LID-IG", None), ("SIG-LID-IG", None)]) if args.all else CORE
         for m, n in runs:
-            fns[f"{m} (n={'exact' if n is None else n})"] = (lambda m=m, n=n: lidlib.explain(model, x, target, m, n_steps=n))
+            fns[f"{m} (n={'exact' if n is None else n})"] = (lambda m=m, n=n: lidlib.explain(model, x, target, m,
+                                                                                             n_steps=n))
         if not args.all:
             for m, n in INPUT_ONLY:
                 fns[f"{m} (n={'exact' if n is None else n}) input"] = (

@@ -109,7 +109,7 @@ fi
 if [[ $SRC == "." ]]; then LIBROOT="$ROOT"; else LIBROOT="$ROOT/$SRC"; fi
 export PYTHONPATH="$LIBROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYDEVD_DISABLE_FILE_VALIDATION=1   # quiets ipykernel's debugger warning on frozen modules
-export LIDBOOK_STATIC=1                  # lidlib.gallery.live: no live widgets in the static pages (a pointer line instead)
+export LIDBOOK_STATIC=1                  # lidlib.widgets.gallery.live: no live widgets in the static pages (a pointer line instead)
 
 STATUS=0
 "$JB" build "$SRC" -W --keep-going --all || STATUS=$?

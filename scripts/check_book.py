@@ -14,7 +14,7 @@ loaded in headless Chromium.  The check fails (exit 1, with a list) on
   left in the page) or rendered as an error (``mjx-merror``);
 * a missing image (an ``<img>`` that does not decode, naturalWidth 0);
 * a widget view that the embedded widget manager did not render;
-* a gallery (``lidlib.gallery``, CSS class ``lid-gallery``) whose controls do not switch the image:
+* a gallery (``lidlib.widgets.gallery``, CSS class ``lid-gallery``) whose controls do not switch the image:
   each control is moved through all its options and the visible image must change each time;
 * a script loaded twice on a page (e.g. MathJax; see the _static/ pitfall in scripts/build_book.sh);
 * a Colab button pointing at a notebook the site does not ship;
@@ -90,7 +90,7 @@ JS_IMAGES = """async () => {
     try { await i.decode(); return null; } catch (e) { return (i.currentSrc || i.src || i.outerHTML).slice(0, 200); }
   }));
   return {count: imgs.length, broken: results.filter(x => x)};
-}"""
+}"""  # noqa: E501 (JavaScript)
 
 JS_MATH = r"""() => {
   const errors = [...document.querySelectorAll('mjx-merror, [data-mjx-error], [data-mml-node="merror"]')]
@@ -148,7 +148,7 @@ JS_LABEL_CONTROLS = """() => {
     out.push({index: vi, gallery: !!v.querySelector('.lid-gallery'), controls});
   });
   return out;
-}"""
+}"""  # noqa: E501 (JavaScript)
 
 # The picture of a view: the visible images (their src), or, if the view shows no image at all, the
 # visible text outside its controls (a slider's own read-out does not count as a picture).
@@ -160,7 +160,7 @@ JS_PICTURE = """(vi) => {
     .filter(e => vis(e) && !e.closest('[data-check-control]')).map(e => e.textContent).join('|');
   return {imgs: imgs.map(i => ({src: i.src, loaded: i.complete && i.naturalWidth > 0, width: i.getBoundingClientRect().width})),
           text};
-}"""
+}"""  # noqa: E501 (JavaScript)
 
 JS_PICTURE_CHANGED = """([vi, before]) => {
   const pic = (""" + JS_PICTURE + """)(vi);
@@ -194,7 +194,7 @@ JS_WIDTHS = """() => {
                 over: Math.round(Math.max(w - width, left - b.left, b.right - right))});
   });
   return {column: Math.round(width), bad};
-}"""
+}"""  # noqa: E501 (JavaScript)
 
 JS_DUPLICATE_SCRIPTS = """() => {
   const seen = {}, dup = [];
@@ -206,7 +206,8 @@ JS_DUPLICATE_SCRIPTS = """() => {
   return dup;
 }"""
 
-JS_SOLUTIONS = r"""() => [...document.querySelectorAll('.tag_solution, .solution')].map(e => e.className + ': ' + e.textContent.replace(/\s+/g, ' ').trim().slice(0, 80))"""
+JS_SOLUTIONS = r"""() => [...document.querySelectorAll('.tag_solution, .solution')]
+  .map(e => e.className + ': ' + e.textContent.replace(/\s+/g, ' ').trim().slice(0, 80))"""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,7 +317,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("html_dir", nargs="?", default="_build/html", help="built HTML (default: _build/html)")
     ap.add_argument("--student", action="store_true", help="also fail on any trace of a solution")
-    ap.add_argument("--screenshots", metavar="DIR", help="save a full-page PNG of every page, and of every gallery step")
+    ap.add_argument("--screenshots", metavar="DIR",
+                    help="save a full-page PNG of every page, and of every gallery step")
     ap.add_argument("--chromium", metavar="PATH", help="Chromium executable (default: /usr/bin/chromium)")
     args = ap.parse_args(argv)
 
@@ -461,7 +463,7 @@ def main(argv=None) -> int:
                                 totals["switches"] += 1
                             except PWTimeout:
                                 hint = ("" if v["gallery"] else
-                                        " (a live widget needs a kernel: show it with lidlib.gallery.live, "
+                                        " (a live widget needs a kernel: show it with lidlib.widgets.gallery.live, "
                                         "which leaves only a pointer line in the static book)")
                                 errors.append(f"{kind_of_view} {vi}: control {c['id']} ({c['kind']} "
                                               f"{c['label']!r}) step {step} changes nothing in the picture{hint}")

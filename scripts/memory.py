@@ -33,8 +33,9 @@ def one(model_name: str, batch: int, what: str, method: str, n_steps, layers=Non
     import torch
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.dirname(HERE))
-    import lidlib
     from benchmark import plain_gradient, vgg16_with_biases
+
+    import lidlib
     from lidlib import models
     torch.set_num_threads(2)
     model = vgg16_with_biases() if model_name == "vgg16" else models.efficientnet_lite0()
@@ -78,8 +79,10 @@ def main():
         print(json.dumps(one(args.one[0], int(args.one[1]), args.one[2], args.method, n_steps,
                              [] if args.input_only else None)))
         return
-    print(f"{args.method} (n={args.n_steps}){', input only' if args.input_only else ', every layer'}: peak RSS of one call minus RSS before it, fresh process each")
-    print(f"{'model':<14}{'batch':>6}{'plain MB':>10}{'explain MB':>12}{'×':>6}{'explainer MB':>14}{'×':>6}{'cache MB':>10}")
+    layers = ", input only" if args.input_only else ", every layer"
+    print(f"{args.method} (n={args.n_steps}){layers}: peak RSS of one call minus RSS before it, fresh process each")
+    print(f"{'model':<14}{'batch':>6}{'plain MB':>10}{'explain MB':>12}{'×':>6}{'explainer MB':>14}{'×':>6}"
+          f"{'cache MB':>10}")
     for name in args.models:
         for b in args.batches:
             row = {}

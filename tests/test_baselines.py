@@ -21,13 +21,12 @@ import torch
 import torchvision
 from torch import nn
 
-from lidlib import baselines as bl
+from lidlib import comparison as bl
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-
 
 # ----------------------------------------------------------------------------------------------
 # Models

@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 import lidlib
-from lidlib import metrics as M
 from lidlib import rules, top
+from lidlib.evaluation import metrics as M
 from lidlib.methods import LRP0_EXACT, get_method
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # ε: a slow reference of Eq. 5 with the stabiliser z + ε·sign z at conv, linear and max-pool, message 0 where |z| ≤ ε

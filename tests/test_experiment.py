@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 import lidlib.toy
-from lidlib import experiment as X
-from lidlib import metrics as M
+from lidlib import evaluation as X
+from lidlib.evaluation import config, results, runner
+from lidlib.evaluation import metrics as M
 from lidlib.models import Preprocess
-
 
 SIZE = 16
 METHODS = ["LRP-0", "SIG-LID-IG", "LayerCAM"]
@@ -67,7 +67,7 @@ def test_csv_format_and_figure(folder, tmp_path):
     x = lidlib.images.load_image(folder / "im1.png", model).double()
     c = int(model(x).argmax())
     e = lidlib.explain(model, x, c, "SIG-LID-IG")
-    curve = M.probability_change(model, x, c, e.heatmap(5), seed=X._seed_for(0, "im1.png"))
+    curve = M.probability_change(model, x, c, e.heatmap(5), seed=config._seed_for(0, "im1.png"))
     got = [float(r[7]) for r in pc if r[0] == "im1.png" and r[3] == "SIG-LID-IG"]
     assert np.allclose(got, curve.delta[0].numpy(), atol=1e-12)
     assert [p.name for p in res.figures] == ["r-probability-change.png", "r-minimal-patch.png"]
@@ -83,7 +83,7 @@ def test_resume_after_interruption(folder, tmp_path, monkeypatch):
     expected = sorted(tuple(r) for r in rows_of(full)[1:])
 
     out = tmp_path / "part.csv"
-    real = X._compute
+    real = runner._compute
     calls = []
 
     def interrupted(*args, **kw):
@@ -92,7 +92,7 @@ def test_resume_after_interruption(folder, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(X, "_compute", interrupted)
+    monkeypatch.setattr(runner, "_compute", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(folder, out, figure=False)
     part = rows_of(out)
@@ -103,7 +103,7 @@ def test_resume_after_interruption(folder, tmp_path, monkeypatch):
         csv.writer(f, lineterminator="\n").writerows(third[:4])
         f.write(",".join(third[4])[:20])
     calls.clear()
-    monkeypatch.setattr(X, "_compute", lambda *a, **k: (calls.append((a[1].name, a[3])), real(*a, **k))[1])
+    monkeypatch.setattr(runner, "_compute", lambda *a, **k: (calls.append((a[1].name, a[3])), real(*a, **k))[1])
     res = run(folder, out, figure=False)
     got = sorted(tuple(r) for r in rows_of(out)[1:])
     assert got == expected                              # nothing duplicated, nothing missing, same values
@@ -317,18 +317,18 @@ def test_unwritable_output_is_refused_before_any_work(folder, tmp_path, monkeypa
     calls = []
     model.register_forward_pre_hook(lambda m, a: calls.append(1))
     out = tmp_path / "r.csv"
-    real = X.Path.write_bytes
+    real = results.Path.write_bytes
 
     def refuse(self, data):
         if self.name.startswith(".lidlib-write-test"):
             raise PermissionError(13, "Permission denied")
         return real(self, data)
-    monkeypatch.setattr(X.Path, "write_bytes", refuse)
+    monkeypatch.setattr(results.Path, "write_bytes", refuse)
     with pytest.raises(ValueError, match="cannot write to the folder"):
         X.run("probability-change", METHODS, folder, out, model=model, progress=False)
-    monkeypatch.setattr(X.Path, "write_bytes", real)
+    monkeypatch.setattr(results.Path, "write_bytes", real)
     out.write_text("")
-    monkeypatch.setattr(X.os, "access", lambda p, mode: False)
+    monkeypatch.setattr(results.os, "access", lambda p, mode: False)
     with pytest.raises(ValueError, match="read-only"):
         X.run("probability-change", METHODS, folder, out, model=model, progress=False)
     assert calls == []                           # the model never ran

@@ -2,12 +2,12 @@
 change that invalidates it."""
 import pytest
 import torch
+from test_reliability import _assert_same, _state
 from torch import nn
 
 import lidlib
 from lidlib import toy
 from lidlib.methods import METHODS, Method
-from test_reliability import _assert_same, _state
 
 CAMS = ("GradCAM", "LayerCAM", "ScoreCAM", "IG")
 G = torch.Generator().manual_seed(11)

@@ -7,12 +7,13 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_reliability import _assert_same, _state
 from torch import nn
 
 import lidlib
 from lidlib import rules, toy
-from lidlib.methods import METHODS, Baseline, Method
-from test_reliability import _assert_same, _state
+from lidlib.comparison import Comparison as Baseline
+from lidlib.methods import METHODS, Method
 
 N_CALLS = 500
 

@@ -1,4 +1,4 @@
-"""lidlib.gallery: image galleries switched in the browser by jslink (no kernel needed).
+"""lidlib.widgets.gallery: image galleries switched in the browser by jslink (no kernel needed).
 
 jslink runs in the front end, so these tests check the structure the front end receives (the Link
 model and its source/target, also in the embedded widget state a static page carries), the Python
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from ipywidgets.embed import embed_data  # noqa: E402
 
-from lidlib.gallery import GALLERY_CLASS, PNG_SIGNATURE, Gallery, gallery, gallery_grid, to_png  # noqa: E402
+from lidlib.widgets.gallery import GALLERY_CLASS, PNG_SIGNATURE, Gallery, gallery, gallery_grid, to_png  # noqa: E402
 
 
 def _figs(n=3):
@@ -170,7 +170,7 @@ def test_grid_bad_input():
 # --- live(): the live widget in a kernel, one pointer line in the static book build ----------------
 
 def test_live_builds_the_widget_in_a_kernel(monkeypatch):
-    from lidlib.gallery import STATIC_ENV, live
+    from lidlib.widgets.gallery import STATIC_ENV, live
     monkeypatch.delenv(STATIC_ENV, raising=False)
     calls = []
 
@@ -185,7 +185,7 @@ def test_live_builds_the_widget_in_a_kernel(monkeypatch):
 
 
 def test_live_in_the_static_build_shows_a_pointer_and_builds_nothing(monkeypatch):
-    from lidlib.gallery import POINTER_CLASS, STATIC_ENV, LivePointer, live, static_build
+    from lidlib.widgets.gallery import POINTER_CLASS, STATIC_ENV, LivePointer, live, static_build
     monkeypatch.setenv(STATIC_ENV, "1")
     assert static_build()
 
@@ -201,7 +201,7 @@ def test_live_in_the_static_build_shows_a_pointer_and_builds_nothing(monkeypatch
 
 
 def test_live_rejects_a_widget_instead_of_its_factory(monkeypatch):
-    from lidlib.gallery import STATIC_ENV, live
+    from lidlib.widgets.gallery import STATIC_ENV, live
     monkeypatch.setenv(STATIC_ENV, "1")
     with pytest.raises(TypeError, match="pass the function"):
         live(widgets.IntSlider())
@@ -223,7 +223,7 @@ def test_every_chapter_shows_live_widgets_only_through_live():
                 if line.lstrip().startswith(("def ", "#", "from ", "import ")):
                     continue
                 if live_makers.search(line):
-                    assert "live(" in cell, f"{md.name}: a live widget shown without lidlib.gallery.live: {line}"
+                    assert "live(" in cell, f"{md.name}: a live widget shown without lidlib.widgets.gallery.live: {line}"
             if "live(" in cell:
                 assert cell.startswith(":tags: [remove-input]"), f"{md.name}: tag the live() cell remove-input"
     build = (root / "scripts" / "build_book.sh").read_text(encoding="utf8")

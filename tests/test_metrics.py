@@ -1,4 +1,4 @@
-"""lidlib.metrics on cases whose answers are known by construction.
+"""lidlib.evaluation.metrics on cases whose answers are known by construction.
 
 The toy models are conv-free (Flatten → Linear, float64): the logit of class c is a weighted sum of
 pixels, so the exact relevance of a pixel (LID with the reference X̂ = 0) is its term ``w_i·x_i`` and
@@ -13,8 +13,7 @@ from torch import nn
 import lidlib
 import lidlib.images
 import lidlib.toy
-from lidlib import metrics as M
-
+from lidlib.evaluation import metrics as M
 
 H = W = 8
 N = H * W

@@ -1,5 +1,4 @@
 """lidlib against the libraries people already trust: Captum and Zennit, where they compute the same quantity."""
-import pytest
 import torch
 from torch import nn
 

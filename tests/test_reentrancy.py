@@ -2,10 +2,11 @@
 clear RuntimeError (never a silently wrong result); on a different model it works and is correct."""
 import pytest
 import torch
+from test_reliability import _assert_same, _inplace_cnn, _state
 
 import lidlib
-from lidlib import baselines, toy
-from test_reliability import _assert_same, _inplace_cnn, _state
+from lidlib import comparison as baselines
+from lidlib import toy
 
 X = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 T = torch.tensor([1, 2])

@@ -158,7 +158,6 @@ def test_unsupported_layer_is_named():
 
 
 def test_stage_errors():
-    from lidlib import models
     model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
     e = lidlib.explain(model, X, 0, "LID-IG")
     with pytest.raises(ValueError, match="not a stage"):
@@ -325,7 +324,7 @@ def test_a_layers_string_is_refused_with_the_list_spelling():
 
 
 def test_an_unknown_baseline_object_and_a_non_bool_increment_are_refused():
-    from lidlib.methods import Baseline
+    from lidlib.comparison import Comparison as Baseline
     model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
     with pytest.raises(ValueError, match="unknown baseline method.*GradCAM"):
         lidlib.explain(model, X, 0, Baseline("EigenCAM", False), layers=["5"])
@@ -414,7 +413,7 @@ class _DictModel(nn.Module):
 def test_non_module_and_dict_returning_models(method):
     with pytest.raises(TypeError, match="torch.nn.Module"):
         lidlib.explain(lambda x: x, X, 0, method, layers=["conv"])
-    from lidlib import baselines
+    from lidlib import comparison as baselines
     for fn in (baselines.gradcam, baselines.layercam, baselines.scorecam):
         with pytest.raises(TypeError, match="torch.nn.Module"):
             fn(lambda x: x, X, 0, "conv")

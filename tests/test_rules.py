@@ -1,12 +1,11 @@
 """Targeted checks of the closed-form path averages (Eq. 21) on hand-made inputs."""
 import pytest
+import reference
 import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
 from lidlib import rules
-
-import reference
 
 
 def _fast_maxpool_matrix(pool, x, x_ref, n):

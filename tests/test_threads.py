@@ -5,11 +5,11 @@ import threading
 
 import pytest
 import torch
+from test_reliability import _assert_same, _inplace_cnn, _state
 
 import lidlib
 from lidlib import toy
 from lidlib.methods import METHODS
-from test_reliability import _assert_same, _inplace_cnn, _state
 
 CALLS = 20
 LAYERS = {"GradCAM": ["2", "5"], "LayerCAM": ["2", "5"], "ScoreCAM": ["5"], "IG": ["2", "5"]}
@@ -92,7 +92,7 @@ def test_threads_sharing_one_explainer(method):
 
 def test_baseline_functions_from_threads():
     """The functions of lidlib.baselines take the same lock."""
-    from lidlib import baselines
+    from lidlib import comparison as baselines
     model = _inplace_cnn()
     before = _state(model)
     inputs = _inputs(4)

@@ -14,7 +14,7 @@ import torch
 
 import lidlib
 from lidlib import images, models, toy
-from lidlib import widgets as W
+from lidlib.widgets import heatmaps as W
 
 SMALL = 64
 
@@ -255,8 +255,9 @@ def test_gallery(small):
     assert g.labels[0] == ("SIG-LID-IG · A: Egyptian cat", "SIG-LID-IG · B: espresso",
                            "GradCAM · A: Egyptian cat", "GradCAM · B: espresso")
     assert len(g.stack.children) == 4 and all(len(s.children) == 2 for s in g.stack.children)
-    from PIL import Image
     import io
+
+    from PIL import Image
     sizes = {Image.open(io.BytesIO(img.value)).size for s in g.stack.children for img in s.children}
     assert len(sizes) == 1                                # one redrawn figure: every image the same size
     assert len({bytes(img.value) for s in g.stack.children for img in s.children}) == 8   # and all different
@@ -270,8 +271,9 @@ def test_small_png(small):
     fig = small.render(W.State(stage="s5"))
     png = W.small_png(fig, colors=32)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    from PIL import Image
     import io
+
+    from PIL import Image
     assert Image.open(io.BytesIO(png)).mode == "P"
 
 
@@ -291,7 +293,8 @@ def test_gallery_and_render_images_carry_a_colour_bar(small):
 
 def test_show_heatmap_colour_bar_is_symmetric_red_white_blue():
     from matplotlib.colors import to_rgba
-    from lidlib.plot import CMAP, relevance_colorbar, show_heatmap
+
+    from lidlib.widgets.plot import CMAP, relevance_colorbar, show_heatmap
     h = torch.tensor([[-1.0, 0.5], [0.25, 3.0]])       # asymmetric values: the scale must still be ±3
     fig, ax = plt.subplots()
     im = show_heatmap(ax, h)
@@ -315,7 +318,7 @@ def test_show_heatmap_colour_bar_is_symmetric_red_white_blue():
 
 
 def test_update_heatmap_redraws_map_limits_and_bar():
-    from lidlib.plot import show_heatmap, update_heatmap
+    from lidlib.widgets.plot import show_heatmap, update_heatmap
     fig, ax = plt.subplots()
     im = show_heatmap(ax, torch.zeros(4, 5), image=torch.rand(3, 4, 5))
     h = torch.linspace(-2, 0.5, 20).reshape(4, 5)

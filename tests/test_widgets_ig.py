@@ -1,4 +1,4 @@
-"""lidlib.widgets_ig: the live widgets of the LID-IG and SIG-LID-IG chapters.
+"""lidlib.widgets.conservation and .contrast: the live widgets of the LID-IG and SIG-LID-IG chapters.
 
 Exceptions inside widget callbacks are swallowed by the front end, so these tests call the plain
 functions behind each callback directly, check their numbers against the paper's identities
@@ -14,10 +14,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lidlib import toy  # noqa: E402
-from lidlib.gallery import PNG_SIGNATURE  # noqa: E402
-from lidlib.widgets_ig import (GAP_FLOOR, N_CHOICES, SCALE_CHOICES, gap_figure, layer_gaps,  # noqa: E402
-                               lid_ig_gap_view, lid_ig_gap_widget, scaled_logits, sig_contrast_figure,
-                               sig_contrast_rows, sig_contrast_widget)
+from lidlib.widgets.conservation import GAP_FLOOR, N_CHOICES, gap_figure, layer_gaps, lid_ig_gap_view, lid_ig_gap_widget  # noqa: E402
+from lidlib.widgets.contrast import (  # noqa: E402
+    SCALE_CHOICES,
+    scaled_logits,
+    sig_contrast_figure,
+    sig_contrast_rows,
+    sig_contrast_widget,
+)
+from lidlib.widgets.gallery import PNG_SIGNATURE  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

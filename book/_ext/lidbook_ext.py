@@ -39,7 +39,8 @@ DEFAULT_SETUP = (
     "import importlib, importlib.util, os, subprocess, sys\n"
     "if \"google.colab\" in sys.modules or importlib.util.find_spec(\"lidlib\") is None:\n"
     "    source = os.environ.get(\"LIDLIB_SOURCE\", \"git+{repository_url}@{branch}\")\n"
-    "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", f\"lidlib[book] @ {{source}}\"], check=True)\n"
+    "    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", "
+    "f\"lidlib[book] @ {{source}}\"], check=True)\n"
     "    importlib.invalidate_caches()"
 )
 _COLAB_RE = re.compile(r"^(?P<head>.*?/github/[^/]+/[^/]+/blob/)[^/]+/.*$")
@@ -96,7 +97,8 @@ def _add_setup_cells(app, exception):
             continue
         cell = nbformat.v4.new_code_cell(code, metadata={"tags": [SETUP_TAG]})
         # after the title cell, if the notebook opens with a heading
-        at = 1 if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("#") else 0
+        titled = nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("#")
+        at = 1 if titled else 0
         nb.cells.insert(at, cell)
         if (nb.nbformat, nb.nbformat_minor) < (4, 5):  # cell ids exist from nbformat 4.5 on
             cell.pop("id", None)

@@ -4,7 +4,7 @@ import torch
 
 import lidlib
 from lidlib import toy
-from lidlib import widgets_lid as wl
+from lidlib.widgets import conservation
 
 
 def exercise_1():
@@ -20,7 +20,7 @@ def exercise_1():
     Yr = {"input": np.array([1.0, -1.0]), "0": np.array([2.5, 0.0]), "1": np.array([2.5, 0.0])}
     rows = {"input": eG1, "0": eG2, "1": eG3}
     lid = lidlib.explain(net, x, 0, "LID-Taylor", baseline=x_ref)
-    lrp = lidlib.explain(net, x, 0, wl.LRP_TAYLOR)
+    lrp = lidlib.explain(net, x, 0, conservation.LRP_TAYLOR)
     out = {}
     for name, g in rows.items():
         R_lid, R_lrp, absorbed = g * (Y[name] - Yr[name]), g * Y[name], g * Yr[name]
@@ -78,10 +78,10 @@ def exercise_3():
     xg = x.clone().requires_grad_(True)
     grad, = torch.autograd.grad(cnn(xg).gather(1, c[:, None]).sum(), xg)
     assert torch.allclose(lrp0.input, grad * x, rtol=0, atol=1e-12)
-    lrpt = lidlib.explain(cnn, x, c, wl.LRP_TAYLOR)
+    lrpt = lidlib.explain(cnn, x, c, conservation.LRP_TAYLOR)
     for name in lrp0.relevance:
         assert torch.allclose(lrp0.relevance[name], lrpt.relevance[name], rtol=0, atol=1e-12)
-    nobias = wl.scaled_biases(cnn, 0.0)
+    nobias = conservation.scaled_biases(cnn, 0.0)
     a = lidlib.explain(nobias, x, c, lidlib.methods.LRP0_EXACT)
     b = lidlib.explain(nobias, x, c, "LID-Taylor", baseline=torch.zeros_like(x[:1]))
     for name in a.relevance:

@@ -6,7 +6,6 @@ import torch
 
 import lidlib
 from lidlib import top, toy
-from lidlib import widgets_lid as wl
 
 
 def exercise_1():
@@ -32,7 +31,7 @@ def exercise_1():
 
 def exercise_2(a: float = 3.0):
     """Shift every logit (and reference logit) by a: which totals change?"""
-    model, x, x_ref, c = wl.running_example()
+    model, x, x_ref, c = toy.running_example()
     shifted = copy.deepcopy(model)
     with torch.no_grad():
         shifted[-1].bias.add_(a)

@@ -6,7 +6,7 @@ from torch import nn
 
 import lidlib
 import lidlib.toy
-from lidlib import metrics
+from lidlib.evaluation import metrics
 
 
 def _linear(weights: torch.Tensor, biases) -> nn.Module:

@@ -9,7 +9,8 @@ from lidlib import rules
 def exercise_1():
     """A constant factor γ: b̂ = b = γ, so b̄ = b̂ + w·0 = γ for every n (and exactly)."""
     g = torch.Generator().manual_seed(0)
-    a, a_ref = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64), torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
+    a = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
+    a_ref = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
     gamma = torch.rand(4, 1, 1, generator=g, dtype=torch.float64)
     w = torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64)
     grads = {}

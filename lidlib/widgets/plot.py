@@ -90,13 +90,17 @@ def relevance_colorbar(fig, axes=None, *, cax=None, label: str = "each map scale
     sm = ScalarMappable(norm=Normalize(-1.0, 1.0), cmap=CMAP)
     if cax is None:
         if axes is None:
-            raise ValueError("relevance_colorbar needs the axes of the maps (axes=...) or an axes for the bar (cax=...)")
+            raise ValueError("relevance_colorbar needs the axes of the maps (axes=...) or an axes for the bar "
+                             "(cax=...)")
         kwargs.setdefault("shrink", 0.8)
         kwargs.setdefault("aspect", 25)
         cb = fig.colorbar(sm, ax=np.ravel(axes).tolist(), ticks=[-1, 0, 1], **kwargs)
     else:
         cb = fig.colorbar(sm, cax=cax, ticks=[-1, 0, 1], **kwargs)
-    cb.ax.set_yticklabels(list(SHARED_TICKS)) if cb.orientation == "vertical" else cb.ax.set_xticklabels(list(SHARED_TICKS))
+    if cb.orientation == "vertical":
+        cb.ax.set_yticklabels(list(SHARED_TICKS))
+    else:
+        cb.ax.set_xticklabels(list(SHARED_TICKS))
     cb.ax.tick_params(labelsize=fontsize)
     if label:
         cb.set_label(label, fontsize=fontsize)

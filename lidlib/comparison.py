@@ -1,40 +1,61 @@
-"""Baseline methods the paper compares against (Sec. 4): integrated gradients and class activation maps.
+"""The methods the paper compares against (Sec. 4): integrated gradients and class activation maps.
 
-* :func:`integrated_gradients` -- IG, Eq. (11), at the input; at a hidden layer, the IG of the path
-  induced by the input path (layer conductance).
-* :func:`gradcam` (Selvaraju et al., ICCV 2017), :func:`layercam` (Jiang et al., IEEE TIP 2021),
-  :func:`scorecam` (Wang et al., CVPR-W 2020) and :func:`layercam_multiscale`.
+Each is a :class:`Comparison` that carries its own function and what it needs (a reference input
+``X̂``, path samples, which of the model's stages), so :func:`lidlib.explain` runs it without
+dispatching on its name (cf. pytorch-grad-cam's ``model_targets``: behaviour as small callables):
+
+* :data:`IG` -- :func:`integrated_gradients`, Eq. (11), at the input; at a hidden layer, the IG of the
+  path induced by the input path (layer conductance).
+* :data:`GRADCAM` (:func:`gradcam`, Selvaraju et al., ICCV 2017), :data:`LAYERCAM` (:func:`layercam`,
+  Jiang et al., IEEE TIP 2021), :data:`SCORECAM` (:func:`scorecam`, Wang et al., CVPR-W 2020, at the
+  last stage only: one forward per channel) and :func:`layercam_multiscale`.
 * :func:`upsample` and :func:`minmax`: the post-processing that CAM libraries apply, kept separate so
   that the maps themselves stay un-normalised, at the layer's own spatial size.
 
 Every function leaves the model as it found it: forward hooks are removed, the ``inplace`` flags of
 its modules (torchvision's VGG uses ``nn.ReLU(inplace=True)``) are switched off for the call and
-restored, parameters, their ``requires_grad`` flags and ``.grad`` are not touched (gradients are
-taken with :func:`torch.autograd.grad`), and the train/eval mode is not changed -- also when an
-exception is raised half-way.  The model must be in eval mode and return logits (no final Softmax).
-Computations run in the dtype and on the device of the model's parameters (float32 or float64; half
-precision is refused).  Calls on the same model from several threads are serialised
-(:func:`lidlib.engine.exclusive`).
+restored (:func:`lidlib.engine.patched`), parameters, their ``requires_grad`` flags and ``.grad`` are
+not touched (gradients are taken with :func:`torch.autograd.grad`), and the train/eval mode is not
+changed -- also when an exception is raised half-way.  The model must be in eval mode and return
+logits (no final Softmax).  Computations run in the dtype and on the device of the model's parameters
+(float32 or float64; half precision is refused).  Calls on the same model from several threads are
+serialised (:func:`lidlib.engine.exclusive`).
 """
 from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import (Layer, Target, _as_input, _check_baseline, _check_batch_size, _check_eval,
-                     _check_logits_model, _check_steps, _check_target, _resolve_layer, _select)
-from .engine import hooked, inplace_off, shape_hooks
+from .checks import (
+    Layer,
+    Target,
+    _as_input,
+    _check_baseline,
+    _check_batch_size,
+    _check_eval,
+    _check_logits_model,
+    _check_steps,
+    _check_target,
+    _resolve_layer,
+    _select,
+)
+from .explanation import Explanation
+from .paths import riemann_points
 
 __all__ = [
+    "Comparison",
+    "COMPARISONS",
     "integrated_gradients",
     "gradcam",
     "layercam",
     "scorecam",
+    "scorecam_map",
     "layercam_multiscale",
     "upsample",
     "minmax",
@@ -63,13 +84,15 @@ class _Capture:
 
 @contextlib.contextmanager
 def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
-    """Check eval mode, hold the model (:func:`lidlib.engine.hooked`: one explanation of a model at a
-    time), switch ``inplace`` off, hook ``layers``; undo everything on exit.
+    """Check eval mode, then :func:`lidlib.engine.patched` (hold the model, switch ``inplace`` off,
+    remove every hook on exit) with the input-shape hooks and a capture hook on each of ``layers``.
 
     The hook stores the layer's output ``h`` and hands a clone to the rest of the network, so that no
     later in-place operation (a functional ReLU, ``out += identity`` in a ResNet) can overwrite the
     stored values or re-base their autograd history; ``∂Z/∂h`` is then taken w.r.t. ``h`` itself.
     """
+    from .engine import patched, shape_hooks  # here, not at the top: engine -> methods -> comparison
+
     _check_eval(model)
     _check_logits_model(model)
     resolved = [_resolve_layer(model, l) for l in layers]
@@ -77,8 +100,7 @@ def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate layers in {names}")
     cap = _Capture(names)
-    handles = []
-    with hooked(model), inplace_off(model):
+    with patched(model) as handles:
         try:
             handles += shape_hooks(model)
             for name, m in resolved:
@@ -90,8 +112,6 @@ def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
                 handles.append(m.register_forward_hook(hook))
             yield cap
         finally:
-            for h in handles:
-                h.remove()
             cap.clear()
 
 
@@ -152,7 +172,7 @@ def integrated_gradients_layers(model: nn.Module, x: torch.Tensor, target: Targe
     xb = _check_baseline(baseline, x)
     layers = list(layers)
     first = 0 if layers else 1                 # conductance needs h(x_0) = h(X̂) too
-    alphas = torch.arange(first, n + 1, dtype=x.dtype, device=x.device) / n
+    alphas = riemann_points(n, x.dtype, x.device, first=first)
     m = alphas.numel()
     shape = (m,) + (1,) * x.dim()
     points = (xb + alphas.view(shape) * (x - xb)).reshape((m * batch,) + tuple(x.shape[1:]))
@@ -302,6 +322,12 @@ def scorecam(model: nn.Module, x: torch.Tensor, target: Target, layer: Layer,
         if r not in done:
             done[r] = scorecam_scores(model, x[r], masks[r], live[r], bs)[0]
         scores[b] = done[r][:, c[b]]
+    return scorecam_map(scores, a, relu)
+
+
+def scorecam_map(scores: torch.Tensor, a: torch.Tensor, relu: bool = True) -> torch.Tensor:
+    """Score-CAM from the target logits of the masked inputs ``scores`` (B, C) and the activations ``A``
+    (B or 1, C, h, w): ``cam = ReLU(Σ_k softmax_k(scores)_k A_k)``, (B, h, w)."""
     w = torch.softmax(scores, dim=1)
     cam = (w[:, :, None, None] * a).sum(1)
     return cam.clamp_min(0) if relu else cam
@@ -363,3 +389,95 @@ def minmax(cam: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     out = cam - lo
     return torch.where(span > 0, out / torch.where(span > 0, span, torch.ones_like(span)),
                        torch.zeros_like(out))
+
+
+# ----------------------------------------------------------------------------------------------
+# The comparison methods as values: each carries its function and what it needs
+# ----------------------------------------------------------------------------------------------
+
+def _model_stages(model) -> List[str]:
+    """The module names of the model's stages s1 … s5 (``model.stages``), in order; [] without them."""
+    stages = getattr(model, "stages", None) or {}
+    return [stages[k] for k in sorted(stages)]
+
+
+def _explain_ig(method: "Comparison", model, x, c, baseline, n_steps, layers) -> Explanation:
+    """IG (Eq. 11) at the input and conductance at ``layers`` (default: the model's stages), one pass."""
+    if n_steps is None:
+        raise ValueError("IG has no closed form: give n_steps (the paper uses 10)")
+    names = list(layers) if layers is not None else _model_stages(model)
+    inp, conds = integrated_gradients_layers(model, x, c, baseline, n_steps, names)
+    relevance = {"input": inp, **dict(zip(names, conds))}
+    with torch.no_grad():
+        z = model(x)
+        z_ref = model(_check_baseline(baseline, x))
+    top = torch.zeros_like(z).scatter_(1, c[:, None], 1.0) * (z - z_ref)
+    return Explanation(relevance, top, method, c, z, reference_logits=z_ref, n_steps=n_steps, model=model,
+                       input_shape=x.shape)
+
+
+def _stage_layers(model, method: "Comparison", layers) -> List:
+    """The layers of a CAM: ``layers`` as given, else the model's stages (the last one only where
+    ``method.stages == "last"``)."""
+    if layers is not None:
+        if not layers:
+            raise ValueError(f"{method.name} needs at least one layer: layers=[...] (module names), or None "
+                             "for the model's stages")
+        return list(layers)
+    names = _model_stages(model)
+    if not names:
+        raise ValueError(f"{method.name} needs layers=[...] (module names) for a model without `stages`")
+    return names[-1:] if method.stages == "last" else names
+
+
+def _cam_explanation(method: "Comparison", model, x, c, names, maps, z) -> Explanation:
+    relevance = {name: cam[:, None] for name, cam in zip(names, maps)}
+    return Explanation(relevance, None, method, c, z, model=model, input_shape=x.shape)
+
+
+def _gradient_cam(combine: Callable) -> Callable:
+    """The explanation function of a CAM whose map combines activations and gradients (all layers:
+    one forward and one backward pass)."""
+    def explain(method, model, x, c, baseline, n_steps, layers) -> Explanation:
+        names = _stage_layers(model, method, layers)
+        acts, grads, z = _acts_grads(model, x, c, names)
+        return _cam_explanation(method, model, x, c, names, [combine(a, g) for a, g in zip(acts, grads)], z)
+    return explain
+
+
+def _explain_scorecam(method: "Comparison", model, x, c, baseline, n_steps, layers) -> Explanation:
+    names = _stage_layers(model, method, layers)
+    maps = [scorecam(model, x, c, name) for name in names]
+    with torch.no_grad():
+        z = model(x)
+    return _cam_explanation(method, model, x, c, names, maps, z)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A method the paper compares against (Sec. 4), with its own function and what it needs.
+
+    ``needs_reference``: it uses the reference input ``X̂`` (IG; the argument ``baseline``, as everywhere);
+    ``uses_steps``: ``n_steps`` changes it; ``stage_maps``: a class activation map, relevance at stages
+    only and none at the input;
+    ``stages``: the model's stages it explains by default, ``"all"`` or ``"last"`` (ScoreCAM, one
+    forward per channel: it is computed at the last stage only);
+    ``compute(method, model, x, target, baseline, n_steps, layers)``: the :class:`lidlib.Explanation`
+    for a checked input ``x`` and (B,) targets."""
+    name: str
+    needs_reference: bool = False
+    uses_steps: bool = False
+    stage_maps: bool = False
+    stages: str = "all"
+    compute: Optional[Callable] = field(default=None, repr=False, compare=False)
+
+    def explain(self, model, x, target, baseline, n_steps, layers) -> Explanation:
+        return self.compute(self, model, x, target, baseline, n_steps, layers)
+
+
+IG = Comparison("IG", needs_reference=True, uses_steps=True, compute=_explain_ig)
+GRADCAM = Comparison("GradCAM", stage_maps=True, compute=_gradient_cam(gradcam_map))
+LAYERCAM = Comparison("LayerCAM", stage_maps=True, compute=_gradient_cam(layercam_map))
+SCORECAM = Comparison("ScoreCAM", stage_maps=True, stages="last", compute=_explain_scorecam)
+#: the comparison methods of Sec. 4, in the paper's order
+COMPARISONS = (IG, GRADCAM, LAYERCAM, SCORECAM)

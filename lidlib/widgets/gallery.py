@@ -5,7 +5,7 @@ changes.  A gallery precomputes every image and puts them in a :class:`ipywidget
 (a dropdown, toggle buttons or a slider) is ``jslink``-ed to the stack's ``selected_index``, so the
 browser switches images by itself from the widget state saved in the page::
 
-    from lidlib.gallery import gallery
+    from lidlib.widgets.gallery import gallery
     gallery({"input": fig_x, "LRP-0": fig_lrp, "SIG-LID-IG": fig_lid}, description="Method:")
 
 :func:`gallery_grid` does the same for two axes (say method × layer): a Stack of Stacks, the first
@@ -27,11 +27,14 @@ from __future__ import annotations
 import html
 import io
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ipywidgets as widgets
 import numpy as np
 import traitlets
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Gallery", "gallery", "gallery_grid", "to_png", "live", "static_build", "LivePointer", "CONTROLS",
            "GALLERY_CLASS", "STATIC_ENV"]
@@ -110,11 +113,14 @@ class Gallery(widgets.VBox):
         self._py_links.append(traitlets.dlink(source, target))
 
 
-def to_png(image: Any, *, cmap: str = "gray", close: bool = True, name: str = "image") -> bytes:
-    """PNG bytes of a matplotlib figure, PNG bytes, or a NumPy image array (see the module doc).
+def to_png(image: Any, *, cmap: str = "gray", close: bool = True, name: str = "image", tight: bool = True,
+           dpi: Optional[float] = None) -> bytes:
+    """PNG bytes of a matplotlib figure, PNG bytes, or a NumPy image array (see the module doc): the one
+    place where a figure becomes PNG (:func:`png` and :func:`small_png` are its variants).
 
     ``close``: close a figure after rendering it (pyplot would otherwise show it again at the end of
-    the cell).  ``name`` only labels error messages.
+    the cell).  ``tight``: crop to the drawn area (``bbox_inches="tight"``, a second layout pass);
+    ``dpi``: the resolution (None: matplotlib's ``savefig.dpi``).  ``name`` only labels error messages.
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
@@ -124,7 +130,10 @@ def to_png(image: Any, *, cmap: str = "gray", close: bool = True, name: str = "i
         return data
     if hasattr(image, "savefig") and hasattr(image, "canvas"):  # a matplotlib Figure
         buf = io.BytesIO()
-        image.savefig(buf, format="png", bbox_inches="tight")
+        if tight:
+            image.savefig(buf, format="png", bbox_inches="tight", dpi=dpi)
+        else:
+            image.savefig(buf, format="png", dpi=dpi)
         if close:
             import matplotlib.pyplot as plt
             plt.close(image)
@@ -250,3 +259,117 @@ def gallery_grid(images: Mapping[Tuple[str, str], Any], descriptions: Sequence[s
     for s in inner:
         g._mirror((c_col, "index"), (s, "selected_index"))
     return g
+
+
+# --------------------------------------------------------------------------- figures as PNG
+def png(fig: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a figure made without pyplot (:mod:`lidlib.widgets.messages`,
+    :mod:`lidlib.widgets.contrast`): its layout leaves room for the labels, so no ``bbox_inches="tight"``
+    pass (it doubles the cost), and there is nothing for pyplot to close."""
+    return to_png(fig, close=False, tight=False, dpi=dpi)
+
+
+def show(fig: Figure, dpi: int = 100):
+    """An IPython image of a figure drawn here, to show it in a notebook cell (it does not depend on
+    the state of matplotlib's inline backend, which a figure made without pyplot would need)."""
+    from IPython.display import Image
+
+    return Image(data=png(fig, dpi))
+
+
+def small_png(fig, colors: int = 96, *, close: bool = True, tight: bool = True) -> bytes:
+    """PNG bytes of a figure with at most ``colors`` palette colours (several times smaller than RGBA);
+    the figure is closed unless ``close=False``; ``tight=False`` keeps the figure's own size."""
+    from PIL import Image
+    if tight:
+        rgb = Image.open(io.BytesIO(to_png(fig, close=close))).convert("RGB")
+    else:                                       # the canvas's pixels as drawn: one draw, no PNG in between
+        fig.canvas.draw()
+        rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        if close:
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+    im = rgb.quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- a control above a figure (needs a kernel)
+def control_image(control: widgets.Widget, render: Callable[[object], "Figure"], width: str = "640px") -> widgets.VBox:
+    """A control above an image: every change of ``control.value`` redraws ``render(value)``.
+
+    The returned box has ``.image`` (the :class:`ipywidgets.Image`) and ``.update()`` (the callback,
+    callable directly).  The first image is drawn now, so the built page shows it.
+    """
+    image = widgets.Image(format="png", layout=widgets.Layout(width=f"min(100%, {width})"))
+
+    def update(change=None):
+        image.value = to_png(render(control.value))
+
+    control.observe(update, names="value")
+    update()
+    box = widgets.VBox([control, image])
+    box.image, box.update = image, update
+    return box
+
+
+def controls_image(controls: Mapping[str, widgets.Widget], render: Callable[..., "Figure"], *,
+                   before: Optional[Callable[..., None]] = None) -> widgets.VBox:
+    """Controls in a row above an image: every change of a control redraws ``render(*values)`` (after
+    ``before(*values)``, which may enable or disable controls).  The box has the controls as attributes
+    (by their keys), ``image``, ``update`` (the callback) and ``setting`` (the values last drawn)."""
+    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+    box = widgets.VBox([widgets.HBox(list(controls.values())), image])
+
+    def update(_=None):
+        values = tuple(c.value for c in controls.values())
+        if before is not None:
+            before(*values)
+        image.value = to_png(render(*values))
+        box.setting = values
+
+    for c in controls.values():
+        c.observe(update, "value")
+    for key, c in controls.items():
+        setattr(box, key, c)
+    box.image, box.update = image, update
+    update()
+    return box
+
+
+def control_output(controls: Sequence[widgets.Widget], render: Callable[[], Figure]) -> widgets.VBox:
+    """Controls above an Output that shows ``render()`` now and after every change."""
+    from IPython.display import clear_output, display
+
+    out = widgets.Output()
+
+    def update(change=None):
+        with out:
+            clear_output(wait=True)
+            display(show(render()))
+
+    for c in controls:
+        c.observe(update, names="value")
+    update()
+    row = controls[0] if len(controls) == 1 else widgets.HBox(list(controls))
+    return widgets.VBox([row, out])
+
+
+# --------------------------------------------------------------------------- tables
+class Table:
+    """A small HTML table for the book (``_repr_html_``; plain text otherwise): ``Table(header, rows)``."""
+
+    def __init__(self, header: Sequence[str], rows: Sequence[Sequence[object]]):
+        self.header = [str(h) for h in header]
+        self.rows = [[str(v) for v in r] for r in rows]
+
+    def _repr_html_(self) -> str:
+        import html
+        th = "".join(f"<th style='padding:2px 10px'>{html.escape(h)}</th>" for h in self.header)
+        body = "".join("<tr>" + "".join(f"<td style='padding:2px 10px'>{html.escape(v)}</td>" for v in r) + "</tr>"
+                       for r in self.rows)
+        return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        return "\n".join(" | ".join(r) for r in [self.header] + self.rows)

@@ -49,6 +49,8 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..checks import _model_dtype_device
+
 __all__ = ["RATIOS", "RADII", "SCALES", "Curve", "Robustness", "Discrimination", "stage_key", "heatmaps",
            "removal_order", "removal_masks", "fill_values", "probabilities", "probability_change",
            "multiscale_probability_change", "patch_masks", "minimal_patch", "random_transforms", "jitter",
@@ -225,16 +227,9 @@ def fill_values(x: torch.Tensor, fill="reference") -> torch.Tensor:
     raise TypeError(f"fill must be 'reference', 'mean', a number or a tensor, got {type(fill).__name__}")
 
 
-def _model_device_dtype(model, x):
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return x.device, x.dtype
-
-
 def probabilities(model, x: torch.Tensor, target) -> torch.Tensor:
     """``softmax(model(x))_c`` (float64) for a batch, in one forward pass without gradients."""
-    device, dtype = _model_device_dtype(model, x)
+    dtype, device = _model_dtype_device(model, x)
     x = x.detach().to(device=device, dtype=dtype)
     if x.dim() == 4:        # channels-last: the same numbers, about twice as fast for depthwise convs on CPU
         x = x.contiguous(memory_format=torch.channels_last)
@@ -410,7 +405,7 @@ def robustness(model, x: torch.Tensor, target, explainer, *, stages=5, n_copies:
     ``explainer``: a method name (or :class:`~lidlib.Method`), explained with ``lidlib.explain`` and turned into
     a heatmap at ``stages``; or a callable ``(model, x, target) → (B, H, W)``.
     """
-    from .explainer import Explainer
+    from ..explainer import Explainer
 
     if callable(explainer):
         heat = explainer

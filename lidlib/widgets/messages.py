@@ -1,26 +1,17 @@
-"""Live widgets and their figures for the toy-MLP chapters (Part I of the book).
+"""Message matrices of the explicit form (Fig. 2): ``R_{j→i}`` of a toy MLP, one layer at a time.
 
-Every widget here is a function returning an :mod:`ipywidgets` widget: a control above an
-``Output`` that shows a figure.  The callback only calls a plain function that builds the figure
-(``*_figure``) from plain data (``*_data``/``*_messages``); those plain functions are what
-``tests/test_widgets_toy.py`` drives, because an exception inside a widget callback does not fail a
-book build.  Figures are :class:`matplotlib.figure.Figure` objects made without pyplot, so they are
-never shown twice and need no ``plt.close``; :func:`lidlib.gallery.gallery` accepts them as they are
-for the static galleries of the book.
+* :func:`message_figure` / :func:`message_widget` (Chapters 2–4) — the paper's Fig. 2: the message
+  matrix ``R_{j→i}`` of one layer, its row sums (distribution, Eq. 2) and column sums (absorption, Eq. 3).
+* :func:`epsilon_messages` / :func:`epsilon_figure` / :func:`epsilon_widget` (Chapter 2) — LRP-ε
+  (Eq. 5 with a stabilised denominator) in explicit division form, and what ε absorbs.
 
-* :func:`message_figure` / :func:`message_widget` — the paper's Fig. 2: the message matrix
-  ``R_{j→i}`` of one layer, its row sums (distribution, Eq. 2) and column sums (absorption, Eq. 3).
-* :func:`epsilon_messages` / :func:`epsilon_figure` / :func:`epsilon_widget` — LRP-ε (Eq. 5 with a
-  stabilised denominator) in explicit division form, and what ε absorbs.
-* :func:`shift_logits` / :func:`logit_shift_figure` / :func:`logit_shift_widget` — adding the same
-  constant to every logit leaves the softmax unchanged but not LRP-0 / LRP-ZP (Sec. 1.4).
-* :func:`softmax_scale_data` / :func:`softmax_scale_figure` / :func:`softmax_scale_widget` — the
-  saturation of the softmax gradient (Sec. 1.5, Fig. 1) when the logits grow.
+The numbers come from :mod:`lidlib.explicit`.  Figures are :class:`matplotlib.figure.Figure`
+objects made without pyplot (never shown twice, no ``plt.close``); ``tests/test_widgets_toy.py``
+drives the plain functions, because an exception inside a widget callback does not fail a build.
 """
 from __future__ import annotations
 
-import copy
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import ipywidgets as widgets
 import numpy as np
@@ -28,18 +19,15 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from . import explicit, rules
-from .explicit import LayerMessages
-from .methods import Method, get_method
+from .. import explicit, rules
+from ..explicit import LayerMessages
+from ..methods import Method, get_method
+from .gallery import control_output
 from .plot import CMAP
-from .top import softmax_gradient
 
-__all__ = [
-    "png", "show", "message_data", "draw_messages", "message_figure", "message_widget",
-    "epsilon_messages", "epsilon_figure", "epsilon_widget",
-    "shift_logits", "logit_shift_data", "logit_shift_figure", "logit_shift_widget",
-    "softmax_scale_data", "softmax_scale_figure", "softmax_scale_widget",
-]
+__all__ = ["message_data", "draw_messages", "message_figure", "message_widget",
+           "epsilon_messages", "epsilon_figure", "epsilon_widget"]
+
 
 #: an LRP-0 method object, used where the explicit form needs the pass rule at activations
 LRP0 = Method("LRP-0", "logit", rules.LRP0, increment=False)
@@ -58,24 +46,6 @@ def _vector(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 1:
         raise ValueError(f"the toy widgets explain one sample: give x of shape (D,) or (1, D), got {tuple(x.shape)}")
     return x
-
-
-def png(fig: Figure, dpi: int = 100) -> bytes:
-    """PNG bytes of a figure drawn here, for :func:`lidlib.gallery.gallery`: the layouts of this
-    module leave room for their labels, so no ``bbox_inches="tight"`` pass (it doubles the cost)."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def show(fig: Figure, dpi: int = 100):
-    """An IPython image of a figure drawn here, to show it in a notebook cell (it does not depend on
-    the state of matplotlib's inline backend, which a figure made without pyplot would need)."""
-    from IPython.display import Image
-
-    return Image(data=png(fig, dpi))
 
 
 def _step(steps: List[LayerMessages], layer: int) -> LayerMessages:
@@ -167,24 +137,6 @@ def message_figure(model: nn.Sequential, x: torch.Tensor, target: int, method, l
     return draw_messages(st.messages, st.R_out, st.R_in, title=f"{name}: module {layer} ({kind})")
 
 
-def _live(controls: Sequence[widgets.Widget], render: Callable[[], Figure]) -> widgets.VBox:
-    """Controls above an Output that shows ``render()`` now and after every change."""
-    from IPython.display import clear_output, display
-
-    out = widgets.Output()
-
-    def update(change=None):
-        with out:
-            clear_output(wait=True)
-            display(show(render()))
-
-    for c in controls:
-        c.observe(update, names="value")
-    update()
-    row = controls[0] if len(controls) == 1 else widgets.HBox(list(controls))
-    return widgets.VBox([row, out])
-
-
 def message_widget(model: nn.Sequential, x: torch.Tensor, target: int,
                    methods: Sequence[str] = ("LRP-0", "DeepLIFT", "LID-Taylor", "LID-IG"),
                    layers: Optional[Sequence[int]] = None, baseline: Optional[torch.Tensor] = None,
@@ -194,7 +146,7 @@ def message_widget(model: nn.Sequential, x: torch.Tensor, target: int,
     m = widgets.Dropdown(options=list(methods), description="Method:")
     l = widgets.Dropdown(options=[(f"module {k} ({type(model[k]).__name__})", k) for k in layers],
                          description="Layer:")
-    return _live([m, l], lambda: message_figure(model, x, target, m.value, l.value, baseline, n_steps))
+    return control_output([m, l], lambda: message_figure(model, x, target, m.value, l.value, baseline, n_steps))
 
 
 # --------------------------------------------------------------------------- LRP-ε (Eq. 5)
@@ -256,110 +208,12 @@ def epsilon_widget(model: nn.Sequential, x: torch.Tensor, target: int, layer: in
     """Live LRP-ε: a log-scale ε slider (10^a … 10^b); needs a running kernel."""
     s = widgets.FloatLogSlider(value=10 ** exponents[0], base=10, min=exponents[0], max=exponents[1],
                                step=0.25, description="ε:", readout_format=".1e")
-    return _live([s], lambda: epsilon_figure(model, x, target, s.value, layer))
+    return control_output([s], lambda: epsilon_figure(model, x, target, s.value, layer))
 
 
 # --------------------------------------------------------------------------- shifting the logits
-def shift_logits(model: nn.Sequential, delta: float) -> nn.Sequential:
-    """A copy of ``model`` whose last Linear layer's bias is shifted by ``delta``: every logit
-    moves by ``delta``, the softmax ``P`` does not change."""
-    if not isinstance(model[-1], nn.Linear):
-        raise TypeError("shift_logits needs a Sequential model ending in a Linear layer (the logits)")
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        m[-1].bias.add_(delta)
-    return m
-
-
-def logit_shift_data(model: nn.Sequential, x: torch.Tensor, target: int, delta: float,
-                     baseline: torch.Tensor, methods: Sequence = ("LRP-0", "LRP-ZP", "DeepLIFT")) -> dict:
-    """Input relevance of ``methods`` after adding ``delta`` to every logit, with ``P_c``, ``Z_c`` and
-    the totals.  ``"LRP-ZP"`` is the z⁺ rule with the logit top, ``Method("LRP-ZP", "logit", ZPLUS, False)``,
-    and ``"LRP-0"`` the exact rule (ε = 0, :data:`LRP0`), as in the toy chapters' derivations."""
-    from .api import explain
-
-    x2 = _vector(x)[None]
-    m = shift_logits(model, delta)
-    with torch.no_grad():
-        z = m(x2)[0]
-    out = {"P_c": float(torch.softmax(z, 0)[target]), "Z_c": float(z[target]), "relevance": {}, "total": {}}
-    for meth in methods:
-        exact = {"LRP-ZP": Method("LRP-ZP", "logit", rules.ZPLUS, False), "LRP-0": LRP0}
-        meth = exact[meth] if isinstance(meth, str) and meth in exact else get_method(meth)
-        e = explain(m, x2, target, meth, baseline=_vector(baseline)[None], n_steps=None)
-        out["relevance"][meth.name] = _np(e.relevance["input"][0])
-        out["total"][meth.name] = float(e.total[0])
-    return out
-
-
-def logit_shift_figure(model: nn.Sequential, x: torch.Tensor, target: int, delta: float,
-                       baseline: torch.Tensor, methods: Sequence = ("LRP-0", "LRP-ZP", "DeepLIFT"),
-                       ylim: Optional[float] = None) -> Figure:
-    """Bars of the input relevance of each method when every logit is shifted by ``delta``."""
-    d = logit_shift_data(model, x, target, delta, baseline, methods)
-    names = list(d["relevance"])
-    fig = Figure(figsize=(6.4, 3.2))
-    ax = fig.add_subplot(1, 1, 1)
-    fig.subplots_adjust(bottom=0.12, top=0.9)
-    D = len(next(iter(d["relevance"].values())))
-    w = 0.8 / len(names)
-    for k, n in enumerate(names):
-        ax.bar(np.arange(D) + (k - (len(names) - 1) / 2) * w, d["relevance"][n], w,
-               label=f"{n} (Σ = {d['total'][n]:.3g})")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_xticks(range(D))
-    ax.set_xticklabels([f"$X_{i}$" for i in range(D)])
-    ax.set_ylabel("$R(X_i)$")
-    if ylim:
-        ax.set_ylim(-ylim, ylim)
-    ax.set_title(f"shift δ = {delta:+.2f}:  $Z_c$ = {d['Z_c']:.3f},  $P_c$ = {d['P_c']:.4f}", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3, axis="y")
-    return fig
-
-
-def logit_shift_widget(model: nn.Sequential, x: torch.Tensor, target: int, baseline: torch.Tensor,
-                       span: float = 3.0, ylim: Optional[float] = None) -> widgets.VBox:
-    """Live: a slider adding δ ∈ [−span, span] to every logit; needs a running kernel."""
-    s = widgets.FloatSlider(value=0.0, min=-span, max=span, step=0.1, description="δ:")
-    return _live([s], lambda: logit_shift_figure(model, x, target, s.value, baseline, ylim=ylim))
 
 
 # --------------------------------------------------------------------------- softmax saturation
-def softmax_scale_data(z: torch.Tensor, target: int, scale: float) -> dict:
-    """``P`` and ``P'_c`` (Eq. 10) of the scaled logits ``scale · z`` (1-D), as NumPy arrays, and
-    ``|P'_c|_1 = 2 P_c (1 − P_c)``."""
-    z = _vector(torch.as_tensor(z, dtype=torch.float64))
-    zs = scale * z
-    p = torch.softmax(zs, 0)
-    g = softmax_gradient(zs[None], torch.tensor([target]))[0]
-    return {"logits": _np(zs), "P": _np(p), "grad": _np(g), "grad_l1": float(g.abs().sum())}
 
 
-def softmax_scale_figure(z: torch.Tensor, target: int, scale: float) -> Figure:
-    """Bars of ``P`` and of ``P'_c`` for the logits ``scale · z``: P'_c vanishes as P_c → 1."""
-    d = softmax_scale_data(z, target, scale)
-    K = len(d["P"])
-    fig = Figure(figsize=(8, 3.0))
-    a1, a2 = fig.subplots(1, 2)
-    fig.subplots_adjust(bottom=0.17, top=0.88, wspace=0.3)
-    colors = ["C3" if i == target else "C0" for i in range(K)]
-    a1.bar(range(K), d["P"], color=colors)
-    a1.set_ylim(0, 1)
-    a1.set_title(f"softmax $P$ of {scale:g}·Z  ($P_c$ = {d['P'][target]:.4f})", fontsize=9)
-    a2.bar(range(K), d["grad"], color=colors)
-    a2.axhline(0, color="black", lw=0.6)
-    a2.set_ylim(-0.3, 0.3)
-    a2.set_title(f"$P'_c = \\partial P_c/\\partial Z$  ($|P'_c|_1$ = {d['grad_l1']:.2e})", fontsize=9)
-    for a in (a1, a2):
-        a.set_xticks(range(K))
-        a.set_xticklabels([f"{i}" + (" (c)" if i == target else "") for i in range(K)], fontsize=8)
-        a.set_xlabel("class i")
-        a.grid(alpha=0.3, axis="y")
-    return fig
-
-
-def softmax_scale_widget(z: torch.Tensor, target: int, max_scale: float = 10.0) -> widgets.VBox:
-    """Live: a slider scaling the logits (an inverse temperature); needs a running kernel."""
-    s = widgets.FloatSlider(value=1.0, min=0.1, max=max_scale, step=0.1, description="scale:")
-    return _live([s], lambda: softmax_scale_figure(z, target, s.value))

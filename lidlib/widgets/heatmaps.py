@@ -9,7 +9,7 @@
   exceptions inside callbacks, so ``tests/test_widgets.py`` drives this function directly).
 * :func:`heatmap_explorer` is the live ipywidgets UI (it needs a running kernel).
 * :func:`heatmap_gallery` is its static counterpart: every combination precomputed into a
-  :func:`lidlib.gallery.gallery_grid`, switched in the browser with no kernel.
+  :func:`lidlib.widgets.gallery.gallery_grid`, switched in the browser with no kernel.
 * :func:`scorecam_explanation` is ScoreCAM at one layer for several classes of ONE image: the same
   numbers as ``lidlib.explain(..., "ScoreCAM")`` (tested), with the masked forwards shared between
   the classes and the all-zero masks (constant channels) evaluated once.
@@ -32,12 +32,13 @@ import torch
 import torchvision.transforms.functional as TF
 
 import lidlib  # ``lidlib.explain`` is looked up at call time, so tests can count its calls
-from . import baselines
-from . import images as _images
-from . import models as _models
-from .explanation import Explanation
-from .gallery import Gallery, gallery_grid, to_png
-from .methods import Baseline, get_method
+
+from .. import comparison
+from .. import images as _images
+from .. import models as _models
+from ..explanation import Explanation
+from ..methods import get_method, last_stage_only
+from .gallery import Gallery, gallery_grid, small_png, to_png
 from .plot import relevance_colorbar, show_heatmap, update_heatmap
 
 __all__ = ["COMPOSITE", "STAGES", "REFERENCES", "State", "HeatmapRenderer", "render", "default_renderer",
@@ -59,17 +60,13 @@ BLUR_SIGMA = 8.0
 
 def uses_steps(method) -> bool:
     """Whether ``n_steps`` changes the method: a SIG top (Sec. 3.3), a path-averaged middle rule
-    (``D̄``, Eq. 21) or the baseline IG (Eq. 11)."""
-    m = get_method(method)
-    if isinstance(m, Baseline):
-        return m.name == "IG"
-    return m.top == "SIG" or "D̄" in (m.rule.elementwise, m.rule.maxpool)
+    (``D̄``, Eq. 21) or the comparison method IG (Eq. 11)."""
+    return get_method(method).uses_steps
 
 
 def uses_reference(method) -> bool:
     """Whether the method has a reference input X̂ (the LID family, DeepLIFT, IG; not LRP, not CAMs)."""
-    m = get_method(method)
-    return m.reference if isinstance(m, Baseline) else m.increment
+    return get_method(method).needs_reference
 
 
 def stage_label(stage) -> str:
@@ -101,7 +98,8 @@ class State:
         if isinstance(state, State):
             return state
         if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a lidlib.widgets.State or a dict of its fields, got {type(state).__name__}")
+            raise TypeError("state must be a lidlib.widgets.heatmaps.State or a dict of its fields, "
+                            f"got {type(state).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(state) - fields)
         if unknown:
@@ -119,10 +117,10 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
     """ScoreCAM of ONE image ``x`` (1, 3, H, W) for the classes ``targets``, as an :class:`Explanation`
     with one row per class and relevance only at ``layer`` (default: the model's stage s5).
 
-    Same formula and the same masked forwards as :func:`lidlib.baselines.scorecam` (upsampled channel
+    Same formula and the same masked forwards as :func:`lidlib.comparison.scorecam` (upsampled channel
     ``A_k``, min-max normalised to a mask ``M_k``; ``w = softmax_k Z_c(X ⊙ M_k)``;
     ``cam = ReLU(Σ_k w_k A_k)``): one forward per non-constant channel serves every class, and all
-    constant channels share one forward of ``0 · X`` (:func:`lidlib.baselines.scorecam_scores`).
+    constant channels share one forward of ``0 · X`` (:func:`lidlib.comparison.scorecam_scores`).
     ``e.scorecam_forwards`` is the number of masked images evaluated.
 
     ``cache``: a results file written by :func:`write_scorecam_cache` (ScoreCAM costs one forward per
@@ -140,14 +138,14 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
     saved = _read_scorecam_cache(cache, _scorecam_key(model, x, layer), c) if cache is not None else None
     checked = None
     if saved is None:
-        scores, forwards = baselines.scorecam_scores(model, x[0], masks, live, batch_size)
+        scores, forwards = comparison.scorecam_scores(model, x[0], masks, live, batch_size)
         scores_c = scores[:, c]                                             # (C, len(c)): Z_c(X ⊙ M_k)
     else:
         scores_c = saved.to(z.dtype)
         k_live, k_dead = torch.nonzero(live).flatten(), torch.nonzero(~live).flatten()
         pick = k_live[torch.randperm(len(k_live))[:check]]
         sample = torch.cat([pick, k_dead[:1]]).sort().values
-        fresh, forwards = baselines.scorecam_scores(model, x[0], masks[sample], live[sample], batch_size)
+        fresh, forwards = comparison.scorecam_scores(model, x[0], masks[sample], live[sample], batch_size)
         fresh = fresh[:, c]
         tol = 1e-4 * max(1.0, float(scores_c.abs().max()))
         if not torch.allclose(fresh, scores_c[sample], rtol=1e-4, atol=tol):
@@ -156,12 +154,11 @@ def scorecam_explanation(model, x: torch.Tensor, targets: Sequence[int], layer: 
                 f"{cache}: the saved ScoreCAM scores differ from the ones evaluated now (largest difference "
                 f"{worst:.3g} at the channels {sample.tolist()[:8]}...). The file is stale (another model, "
                 f"lidlib or image version): delete it and write it again with "
-                f"lidlib.widgets.write_scorecam_cache(path, model, x, targets)")
+                f"lidlib.widgets.heatmaps.write_scorecam_cache(path, model, x, targets)")
         checked = len(sample)
-    w = torch.softmax(scores_c.T, dim=1)                                    # (len(c), C): softmax over channels
-    cam = torch.einsum("bk,khw->bhw", w, a).clamp_min(0)
-    e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(), None,
-                    None, model, input_shape=(len(c),) + tuple(x.shape[1:]))
+    cam = comparison.scorecam_map(scores_c.T, a[None])                      # softmax over channels, per class
+    e = Explanation({layer: cam[:, None]}, None, get_method("ScoreCAM"), c, z.expand(len(c), -1).clone(),
+                    model=model, input_shape=(len(c),) + tuple(x.shape[1:]))
     e.scorecam_forwards = forwards
     e.scorecam_checked = checked
     e.scorecam_live = int(live.sum())
@@ -193,7 +190,7 @@ def _scorecam_setup(model, x, targets, layer):
     if not (0 <= int(c.min()) and int(c.max()) < z.shape[1]):
         raise ValueError(f"targets {c.tolist()} out of range for {z.shape[1]} classes")
     a = captured[0][0]                                                      # (C, h, w)
-    masks, live = baselines.scorecam_masks(a[None], x.shape[-2:])
+    masks, live = comparison.scorecam_masks(a[None], x.shape[-2:])
     return layer, c, z, a, masks[0], live[0]
 
 
@@ -236,7 +233,7 @@ def write_scorecam_cache(path, model, x: torch.Tensor, targets: Sequence[int], l
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
         raise ValueError("x must be one image batch (1, C, H, W)")
     layer, c, _, _, masks, live = _scorecam_setup(model, x, targets, layer)
-    scores, _ = baselines.scorecam_scores(model, x[0], masks, live, batch_size)
+    scores, _ = comparison.scorecam_scores(model, x[0], masks, live, batch_size)
     c = c.tolist()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -416,8 +413,8 @@ class HeatmapRenderer:
         get_method(s.method)                                               # ValueError listing the methods
         if s.stage not in STAGES:
             raise ValueError(f"unknown stage {s.stage!r}; choose one of {STAGES}")
-        if s.method == "ScoreCAM" and s.stage != "s5":
-            raise ValueError("ScoreCAM is computed at stage s5 only (one forward pass per channel); choose s5")
+        if last_stage_only(s.method) and s.stage != "s5":
+            raise ValueError(f"{s.method} is computed at stage s5 only (one forward pass per channel); choose s5")
         if s.reference not in REFERENCES:
             raise ValueError(f"unknown reference {s.reference!r}; choose one of {list(REFERENCES)}")
         self.class_index(s.image, s.target)
@@ -586,7 +583,7 @@ def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str
                     stages: Sequence[str] = STAGES, *, n_steps: int = 10, reference: str = "zeros",
                     figsize=(3.9, 3.3), dpi: int = 100, width: Optional[str] = None, colors: int = 256) -> Gallery:
     """Every (method, target) × stage heatmap of one image, precomputed into a
-    :func:`lidlib.gallery.gallery_grid` that switches in the built page with no kernel.
+    :func:`lidlib.widgets.gallery.gallery_grid` that switches in the built page with no kernel.
 
     Rows are ``"<method> · <target label>"``, columns the stages.  Each (method, image) is explained once
     for all ``targets`` in one batch (through the renderer's cache), so the cost is
@@ -623,24 +620,6 @@ def heatmap_gallery(renderer: HeatmapRenderer, image: str, methods: Sequence[str
         plt.close(fig)
     return gallery_grid(images, descriptions=("Method · class:", "Stage:"), controls=("dropdown", "toggle"),
                         width=width)
-
-
-def small_png(fig, colors: int = 96, *, close: bool = True, tight: bool = True) -> bytes:
-    """PNG bytes of a figure with at most ``colors`` palette colours (several times smaller than RGBA);
-    the figure is closed unless ``close=False``; ``tight=False`` keeps the figure's own size."""
-    import io
-    from PIL import Image
-    if tight:
-        rgb = Image.open(io.BytesIO(to_png(fig, close=close))).convert("RGB")
-    else:                                       # the canvas's pixels as drawn: one draw, no PNG in between
-        fig.canvas.draw()
-        rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
-        if close:
-            plt.close(fig)
-    im = rgb.quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
 
 
 def stage_grid(renderer: HeatmapRenderer, image: str, methods: Sequence[str], target: str,
