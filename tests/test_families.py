@@ -380,3 +380,48 @@ def test_one_table_drives_kinds_functions_and_messages():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert rules.layer_kind(nn.SiLU()) == "smooth" and rules.layer_kind(nn.GroupNorm(1, 2)) == "norm"
+
+
+# ------------------------------------------------------------------ fast σ' kernels (issue 11, speed)
+SMOOTH_BUILTINS = [nn.SiLU(), nn.Hardswish(), nn.Hardsigmoid(), nn.Mish(), nn.GELU(), nn.GELU("tanh"),
+                   nn.Sigmoid(), nn.Tanh()]
+
+
+@pytest.mark.parametrize("sigma", SMOOTH_BUILTINS + [rules._Call(F.silu), rules._Call(torch.sigmoid)],
+                         ids=lambda s: getattr(getattr(s, "f", None), "__name__", type(s).__name__))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_derivative_is_autograds(sigma, dtype):
+    """The one-kernel σ' equals autograd's derivative bit for bit (kinks included: ±3 for the hard
+    functions), also written into a given buffer."""
+    g = torch.Generator().manual_seed(5)
+    p = torch.cat([torch.randn(200, generator=g, dtype=dtype) * 4, torch.tensor([-3.0, 3.0, 0.0], dtype=dtype)])
+    kernel = rules._kernel(sigma)
+    assert kernel is not None
+    want = rules._derivative(sigma, p)
+    assert torch.equal(kernel(p), want)
+    assert torch.equal(kernel(p, torch.empty_like(p)), want)
+
+
+@pytest.mark.parametrize("sigma", SMOOTH_BUILTINS, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_sampled_smooth_slope_one_point_at_a_time_is_the_batched_mean(sigma, n):
+    """D̄ of a smooth layer sampled point by point (no n-fold buffer) equals the mean of σ' at all
+    n points at once (the slow form), to float64 rounding."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64) * 3
+    x_ref = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = (torch.arange(1, n + 1, dtype=torch.float64) / n).view(-1, 1, 1, 1, 1)
+    want = rules._derivative(sigma, x_ref[None] + t * (x - x_ref)[None]).mean(0)
+    got = rules.smooth_path_slope(sigma, x, x_ref, sigma(x), sigma(x_ref), n)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("sigma", SMOOTH_BUILTINS, ids=lambda s: type(s).__name__)
+def test_exact_smooth_slope_is_the_secant_and_the_midpoint_derivative_where_tiny(sigma):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 50, generator=g, dtype=torch.float64) * 3
+    x_ref = torch.randn(3, 50, generator=g, dtype=torch.float64)
+    x_ref[0] = x[0] + 1e-7                     # |Δx| below ε^(1/3) of the scale: σ' at the midpoint
+    got = rules.smooth_path_slope(sigma, x, x_ref, sigma(x), sigma(x_ref), None)
+    torch.testing.assert_close(got[1:], (sigma(x[1:]) - sigma(x_ref[1:])) / (x[1:] - x_ref[1:]))
+    torch.testing.assert_close(got[0], rules._derivative(sigma, (x[0] + x_ref[0]) / 2), rtol=0, atol=0)
