@@ -588,8 +588,8 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     for k in keys:
         relevance[k] = recorder.result(k, relevance["input"])
     return Explanation(relevance, r_top, method, target, z.detach(),
-                       z_ref.expand_as(z).clone() if method.increment else None, n_steps, model,
-                       aliases=aliases, input_shape=x.shape)
+                       reference_logits=z_ref.expand_as(z).clone() if method.increment else None,
+                       n_steps=n_steps, model=model, aliases=aliases, input_shape=x.shape)
 
 
 class _Recorder:

@@ -58,8 +58,8 @@ class Explanation:
     """
 
     def __init__(self, relevance: "OrderedDict[str, torch.Tensor]", top: Optional[torch.Tensor], method,
-                 target: torch.Tensor, logits: torch.Tensor, reference_logits: Optional[torch.Tensor] = None,
-                 n_steps: Optional[int] = None, model=None, *, aliases=None, input_shape=None):
+                 target: torch.Tensor, logits: torch.Tensor, *, reference_logits: Optional[torch.Tensor] = None,
+                 n_steps: Optional[int] = None, model=None, aliases=None, input_shape=None):
         """``top``: the top relevance (B, K), None for a class activation map (no decomposition);
         ``reference_logits``: ``Ẑ`` (None without a reference); ``model``: where ``stages`` are read."""
         self.relevance = relevance

@@ -63,11 +63,6 @@ def plain_gradient(model, x, target):
     return g
 
 
-def measure(fns: dict, repeats: int):
-    """Median seconds per named callable, interleaving the callables in every round."""
-    return {k: statistics.median(v) for k, v in measure_all(fns, repeats).items()}
-
-
 def measure_all(fns: dict, repeats: int):
     """Seconds of every round per named callable, interleaved, after a warm-up; a callable whose
     warm-up raises is reported as not running here and left out."""
@@ -125,13 +120,15 @@ def explainer_rows(model, name, batches, repeats, threads):
             fns[f"Explainer SIG-LID-IG (n={label})"] = lambda e=explainer: e(x, target)
             fns[f"explain SIG-LID-IG (n={label})"] = lambda n=n: lidlib.explain(model, x, target, "SIG-LID-IG",
                                                                                 n_steps=n)
+            only = lidlib.Explainer(model, "SIG-LID-IG", n_steps=n, layers=[])
+            fns[f"Explainer SIG-LID-IG (n={label}) input"] = lambda e=only: e(x, target)
         times = measure_all(fns, repeats)
         base = statistics.median(times["plain gradient"])
         print(f"\n{name}: Explainer, batch {b}, 224x224, {threads} threads, {repeats} runs")
-        print(f"{'method':<34}{'median ms':>10}{'× gradient':>12}{'min–max ×':>14}")
+        print(f"{'method':<42}{'median ms':>10}{'× gradient':>12}{'min–max ×':>14}")
         for k, v in times.items():
             ratios = [t / g for t, g in zip(v, times["plain gradient"])]     # per round, same round's gradient
-            print(f"{k:<34}{statistics.median(v) * 1e3:>10.1f}{statistics.median(v) / base:>12.2f}"
+            print(f"{k:<42}{statistics.median(v) * 1e3:>10.1f}{statistics.median(v) / base:>12.2f}"
                   f"{min(ratios):>7.2f}–{max(ratios):<6.2f}")
 
 
@@ -169,15 +166,17 @@ def main():
                     lambda m=m, n=n: lidlib.explain(model, x, target, m, n_steps=n, layers=[]))
         if args.oracles:
             fns.update(oracles(model, x, target, baseline))
-        med = measure(fns, args.repeats)
+        times = measure_all(fns, args.repeats)
+        med = {k: statistics.median(v) for k, v in times.items()}
         base = med["plain gradient"]
         taylor = med.get("LID-Taylor (n=10)")
         print(f"\n{model.display_name if hasattr(model, 'display_name') else name}: batch 1, 224x224, "
               f"{args.threads} threads, median of {args.repeats}")
-        print(f"{'method':<28}{'median ms':>10}{'× gradient':>12}{'× LID-Taylor':>14}")
+        print(f"{'method':<28}{'median ms':>10}{'× gradient':>12}{'min–max ×':>14}{'× LID-Taylor':>14}")
         for k, v in med.items():
+            ratios = [t / g for t, g in zip(times[k], times["plain gradient"])]   # per round, same round's gradient
             rel = f"{v / taylor:>14.2f}" if taylor else ""
-            print(f"{k:<28}{v * 1e3:>10.1f}{v / base:>12.2f}{rel}")
+            print(f"{k:<28}{v * 1e3:>10.1f}{v / base:>12.2f}{min(ratios):>7.2f}–{max(ratios):<6.2f}{rel}")
 
 
 if __name__ == "__main__":

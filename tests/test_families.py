@@ -177,6 +177,7 @@ FAMILY_MODELS = {
     "efficientnet_b0": (tvm.efficientnet_b0, 32, r"features\.\d(\.\d)?"),
     "efficientnet_v2": (_efficientnet_v2, 32, r"features\.\d(\.\d)?"),
     "regnet_y": (tvm.regnet_y_400mf, 32, r"stem|trunk_output\.block\d(\.block\d-\d)?"),
+    "regnet_x": (tvm.regnet_x_400mf, 32, r"stem|trunk_output\.block\d(\.block\d-\d)?"),
     "shufflenet_v2": (tvm.shufflenet_v2_x0_5, 32, r"maxpool|stage\d(\.\d)?"),
     "mnasnet": (tvm.mnasnet0_5, 32, r"layers\.\d+"),
     "convnext": (_convnext, 32, r"features\.\d(\.\d)?"),
@@ -194,7 +195,9 @@ def _family(name):
         last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
         spread = float((model(x) - model(base)).abs().max())
         last.weight.mul_(4.0 / spread)
-        last.bias.mul_(4.0 / spread)                               # the class whose probability moves most
+        last.bias.mul_(4.0 / spread)
+        last.bias.sub_(model(base)[0] - model(base)[0].mean())     # no class saturates the softmax at X̂
+        # the class whose probability moves most
         target = int((model(x).softmax(1) - model(base).softmax(1)).abs()[0].argmax())
     return model, x, base, target, cuts
 
