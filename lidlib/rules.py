@@ -20,6 +20,7 @@ output of one layer call: the same values, with the rule's matrix in the backwar
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -33,10 +34,11 @@ from .paths import gauss_legendre, riemann_points, right_riemann
 from .top import stabilize
 
 try:                                   # torchvision's own layers, where it is installed
+    from torchvision.models.convnext import LayerNorm2d as _LayerNorm2d
     from torchvision.ops.misc import Permute as _Permute
     from torchvision.ops.stochastic_depth import StochasticDepth as _StochasticDepth
 except ImportError:                    # pragma: no cover
-    _Permute = _StochasticDepth = None
+    _Permute = _StochasticDepth = _LayerNorm2d = None
 
 
 class _EmptySequential:
@@ -835,8 +837,67 @@ class _Product(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- normalisation
+def _norm_layout(layer, x):
+    """How a normalisation layer groups ``x``: ``(rows, unrows, γ, ε)`` with ``rows(t)`` the (R, K)
+    rows it normalises, ``unrows`` back to ``x``'s layout and ``γ`` (None: no scale) broadcastable to
+    ``x``; None for a layer whose grouping is not known here (LocalResponseNorm, RMSNorm, subclasses)."""
+    if type(layer).forward is nn.LayerNorm.forward or (type(layer) is _LayerNorm2d and x.dim() == 4):
+        shape = tuple(layer.normalized_shape)
+        if type(layer) is _LayerNorm2d:                          # torchvision's LayerNorm over channels
+            if shape != (x.shape[1],):
+                return None
+            n, c, h, w = x.shape
+            return (lambda t: t.permute(0, 2, 3, 1).reshape(-1, c),
+                    lambda v: v.reshape(n, h, w, c).permute(0, 3, 1, 2),
+                    None if layer.weight is None else layer.weight.view(1, c, 1, 1), layer.eps)
+        if tuple(x.shape[x.dim() - len(shape):]) != shape:
+            return None
+        k = math.prod(shape)
+        return lambda t: t.reshape(-1, k), lambda v: v.reshape(x.shape), layer.weight, layer.eps
+    if type(layer).forward is nn.GroupNorm.forward and x.dim() >= 2:
+        n, c = x.shape[:2]
+        gamma = layer.weight.view(1, c, *([1] * (x.dim() - 2))) if layer.affine else None
+        return lambda t: t.reshape(n * layer.num_groups, -1), lambda v: v.reshape(x.shape), gamma, layer.eps
+    return None
+
+
+def _norm_path_sum(layout, x, x_ref, g, ts, ws):
+    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` of a LayerNorm/GroupNorm in closed form per row.
+
+    On the path each row's centred input is linear, ``u(t) = û + tΔu``, and its scale
+    ``s(t) = (|u(t)|²/K + ε)^½``; ``J(t)ᵀg = (P h − u (uᵀh)/(K s²)) / s`` with ``h = γ ⊙ g`` and
+    ``P`` the centring.  So the sum over the nodes needs only four numbers per row,
+    ``S = Σ w/s`` and ``T_j = Σ w t^j/s³`` (j = 0, 1, 2): a few passes over the layer, whatever
+    the number of nodes."""
+    rows, unrows, gamma, eps = layout
+    u_ref = rows(x_ref.expand_as(x))
+    du = rows(x) - u_ref
+    u_ref = u_ref - u_ref.mean(1, keepdim=True)
+    du = du - du.mean(1, keepdim=True)
+    h = rows(g if gamma is None else g * gamma)
+    h = h - h.mean(1, keepdim=True)
+    k = u_ref.shape[1]
+    a, b, c = (u_ref * u_ref).sum(1), (u_ref * du).sum(1), (du * du).sum(1)
+    t = ts.to(x.dtype)[:, None]
+    s = ((a + 2 * t * b + t * t * c) / k + eps).sqrt()                    # (nodes, R)
+    w = ws.to(x.dtype)[:, None]
+    S, T0, T1, T2 = ((w / s).sum(0), (w / s ** 3).sum(0), (w * t / s ** 3).sum(0), (w * t * t / s ** 3).sum(0))
+    uh, dh = (u_ref * h).sum(1), (du * h).sum(1)
+    v = h * S[:, None] - u_ref * ((uh * T0 + dh * T1) / k)[:, None] - du * ((uh * T1 + dh * T2) / k)[:, None]
+    return unrows(v)
+
+
 def _path_vjp(layer, x, x_ref, g, ts, ws):
-    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g``: the layer evaluated at the path points, as one batch."""
+    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g``: in closed form per row for LayerNorm and GroupNorm
+    (:func:`_norm_path_sum`), else the layer evaluated at the path points, as one batch."""
+    layout = _norm_layout(layer, x)
+    if layout is not None:
+        return _norm_path_sum(layout, x, x_ref, g, ts, ws)
+    return _layer_path_vjp(layer, x, x_ref, g, ts, ws)
+
+
+def _layer_path_vjp(layer, x, x_ref, g, ts, ws):
+    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` by autograd: the layer evaluated at the path points, as one batch."""
     x_ref = x_ref.expand_as(x)
     m = len(ts)
     shape = (m,) + (1,) * x.dim()

@@ -428,3 +428,31 @@ def test_exact_smooth_slope_is_the_secant_and_the_midpoint_derivative_where_tiny
     got = rules.smooth_path_slope(sigma, x, x_ref, sigma(x), sigma(x_ref), None)
     torch.testing.assert_close(got[1:], (sigma(x[1:]) - sigma(x_ref[1:])) / (x[1:] - x_ref[1:]))
     torch.testing.assert_close(got[0], rules._derivative(sigma, (x[0] + x_ref[0]) / 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer,shape", [(nn.LayerNorm(6), (3, 4, 6)), (nn.LayerNorm((4, 6)), (2, 4, 6)),
+                                         (LayerNorm2d(5), (2, 5, 3, 3)), (nn.GroupNorm(2, 6), (2, 6, 3, 3)),
+                                         (nn.GroupNorm(3, 6, affine=False), (2, 6, 4)),
+                                         (nn.LayerNorm(6, elementwise_affine=False), (3, 6))],
+                         ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v))
+@pytest.mark.parametrize("grid", ["riemann3", "riemann10", "legendre16"])
+@pytest.mark.parametrize("zero_reference", [False, True])
+def test_closed_form_norm_path_sum_is_the_layer_evaluated_on_its_path(layer, shape, grid, zero_reference):
+    """LayerNorm / LayerNorm2d / GroupNorm: the per-row closed form of Σ w_k J(t_k)ᵀ g equals the
+    slow form (the layer evaluated at every node, autograd's VJP) to float64 rounding."""
+    from lidlib.paths import gauss_legendre, right_riemann
+    g = torch.Generator().manual_seed(8)
+    layer = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    x_ref = torch.zeros(shape, dtype=torch.float64) if zero_reference else torch.randn(shape, generator=g,
+                                                                                         dtype=torch.float64) * 0.5
+    up = torch.randn(shape, generator=g, dtype=torch.float64)
+    nodes = {"riemann3": right_riemann(3, torch.float64), "riemann10": right_riemann(10, torch.float64),
+             "legendre16": gauss_legendre(16, 1, torch.float64)}[grid]
+    assert rules._norm_layout(layer, x) is not None
+    fast = rules._path_vjp(layer, x, x_ref, up, *nodes)
+    slow = rules._layer_path_vjp(layer, x, x_ref, up, *nodes)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-13)
