@@ -849,14 +849,15 @@ def _norm_layout(layer, x):
             n, c, h, w = x.shape
             return (lambda t: t.permute(0, 2, 3, 1).reshape(-1, c),
                     lambda v: v.reshape(n, h, w, c).permute(0, 3, 1, 2),
-                    None if layer.weight is None else layer.weight.view(1, c, 1, 1), layer.eps)
+                    None if layer.weight is None else layer.weight.detach().view(1, c, 1, 1), layer.eps)
         if tuple(x.shape[x.dim() - len(shape):]) != shape:
             return None
         k = math.prod(shape)
-        return lambda t: t.reshape(-1, k), lambda v: v.reshape(x.shape), layer.weight, layer.eps
+        gamma = None if layer.weight is None else layer.weight.detach()
+        return lambda t: t.reshape(-1, k), lambda v: v.reshape(x.shape), gamma, layer.eps
     if type(layer).forward is nn.GroupNorm.forward and x.dim() >= 2:
         n, c = x.shape[:2]
-        gamma = layer.weight.view(1, c, *([1] * (x.dim() - 2))) if layer.affine else None
+        gamma = layer.weight.detach().view(1, c, *([1] * (x.dim() - 2))) if layer.affine else None
         return lambda t: t.reshape(n * layer.num_groups, -1), lambda v: v.reshape(x.shape), gamma, layer.eps
     return None
 
