@@ -292,15 +292,18 @@ def shape_hooks(model: nn.Module, x_shape=None):
 
 
 def _install(model: nn.Module, check=None, pass_: Optional["_Pass"] = None, guard=None):
-    """Hook ``model`` for one pass: before every module, ``check`` (conv/linear layers) and the guard's
-    ``enter``; after every module but the root, the pass's ``hook`` then the guard's ``leave``.
+    """Hook ``model`` for one pass (the guard pointed at it): before every module, ``check``
+    (conv/linear layers) and the guard's ``enter``; after every module but the root (the pass's
+    ``names``), the pass's ``hook`` then the guard's ``leave``.
 
     Two global module hooks (:func:`torch.nn.modules.module.register_module_forward_hook`) that act
     only on this model's modules, instead of hundreds of per-module hooks whose registration alone
     costs more than a small network's forward pass.  A module that carries hooks of its own gets
     lidlib's as per-module hooks, registered after the user's and so run after them, as before."""
     checked = {m for m in model.modules() if isinstance(m, _CHECKED)} if check is not None else set()
-    hooked_ = {m for n, m in model.named_modules() if n} if pass_ is not None else set()
+    hooked_ = set(pass_.names) if pass_ is not None else set()
+    if guard is not None:
+        guard.start(pass_)
     own = {m for m in checked | hooked_ if m._forward_hooks or m._forward_pre_hooks}
 
     def pre(module, args):
@@ -523,24 +526,23 @@ class Reference:
 
 
 def _layers(model: nn.Module):
-    names = {m: name for name, m in model.named_modules() if name}
-    return names, [m for m in names if next(m.children(), None) is None]
+    """Every module but the root, by object: its name."""
+    return {m: name for name, m in model.named_modules() if name}
 
 
-def _pool_forwards(leaves, method: Method, passes):
+def _pool_forwards(pass_: "_Pass", method: Method):
     """A path-averaged max-pool pools through its window image in both passes (rules.tiled_pool)."""
-    pools = [m for m in leaves if type(m).forward is nn.MaxPool2d.forward and method.rule.maxpool != "D"]
-    return {m: (lambda x, m=m: passes[-1].pool_forward(m, x)) for m in pools}
+    pools = [m for m in pass_.leaves if type(m).forward is nn.MaxPool2d.forward and method.rule.maxpool != "D"]
+    return {m: (lambda x, m=m: pass_.pool_forward(m, x)) for m in pools}
 
 
 def reference_pass(model: nn.Module, baseline: torch.Tensor, method: Method, shared: bool = False,
                    x_shape=None) -> Reference:
     """Forward the reference ``X̂`` once, recording what the actual pass's rules need (Eq. 21)."""
-    names, leaves = _layers(model)
+    names = _layers(model)
     guard = _FunctionalGuard()
     reference = _Pass(names)
-    with patched(model, _pool_forwards(leaves, method, [reference])) as handles:
-        guard.start(reference)
+    with patched(model, _pool_forwards(reference, method)) as handles:
         handles += _install(model, _shape_check(names, x_shape), reference, guard)
         with torch.no_grad(), guard:
             z_ref = model(baseline)
@@ -558,13 +560,12 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     """
     if method.increment and reference is None:
         reference = reference_pass(model, baseline, method, x_shape=x.shape)
-    names, leaves = _layers(model)
+    names = _layers(model)
     guard = _FunctionalGuard()
     ref = reference.pass_ if reference is not None else None
     z_ref = reference.z_ref if reference is not None else torch.zeros((), dtype=x.dtype, device=x.device)
     actual = _Pass(names, ref, method, n_steps)
-    with patched(model, _pool_forwards(leaves, method, [actual])) as handles:
-        guard.start(actual)
+    with patched(model, _pool_forwards(actual, method)) as handles:
         handles += _install(model, _shape_check(names, x.shape), actual, guard)
         with torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)

@@ -702,13 +702,15 @@ def _ones(p: torch.Tensor) -> torch.Tensor:
 _aten = torch.ops.aten
 
 
-def _fused(op, out_name=None, **fixed):
-    """``σ'(p)`` by the backward kernel ``op`` (gradient 1), into ``out`` where the kernel has an out form."""
+def _fused(op, out_name=None, **options):
+    """``σ'(p)`` by the backward kernel ``op`` (gradient 1), into ``out`` where the kernel has an out
+    form named ``out_name``; ``options``: the kernel's keyword arguments, each read off the module."""
+    into = getattr(op, out_name) if out_name is not None else None
+
     def kernel(m, p, out=None):
-        kw = {k: (v(m) if callable(v) else v) for k, v in fixed.items()}
-        if out is not None and out_name is not None:
-            return getattr(op, "grad_input" if out_name == "grad_input" else "out")(_ones(p), p, **kw,
-                                                                                  **{out_name: out})
+        kw = {k: read(m) for k, read in options.items()}
+        if out is not None and into is not None:
+            return into(_ones(p), p, **kw, **{out_name: out})
         return op(_ones(p), p, **kw)
     return kernel
 
@@ -719,7 +721,7 @@ _DERIVATIVES = {
     nn.Hardswish: _fused(_aten.hardswish_backward, "out"),
     nn.Hardsigmoid: _fused(_aten.hardsigmoid_backward, "grad_input"),
     nn.Mish: _fused(_aten.mish_backward),
-    nn.GELU: _fused(_aten.gelu_backward, "grad_input", approximate=lambda m: "none" if m is None else m.approximate),
+    nn.GELU: _fused(_aten.gelu_backward, "grad_input", approximate=lambda m: m.approximate),
     nn.Sigmoid: lambda m, p, out=None: _aten.sigmoid_backward(_ones(p), torch.sigmoid(p)),
     nn.Tanh: lambda m, p, out=None: _aten.tanh_backward(_ones(p), torch.tanh(p)),
 }
@@ -739,13 +741,6 @@ def _kernel(sigma):
     return None
 
 
-def derivative(sigma, p: torch.Tensor) -> torch.Tensor:
-    """σ'(p) of an element-wise σ: PyTorch's own derivative kernel for a built-in activation, else
-    by autograd (the diagonal of its Jacobian)."""
-    kernel = _kernel(sigma)
-    return _derivative(sigma, p) if kernel is None else kernel(p)
-
-
 def _position_dependent(sigma) -> bool:
     """Whether σ has parameters or buffers (it may then differ from element to element)."""
     return isinstance(sigma, nn.Module) and any(True for _ in itertools.chain(sigma.parameters(), sigma.buffers()))
@@ -760,8 +755,8 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
     rounding."""
     x_ref = x_ref.expand_as(x)
     dx = torch.sub(x, x_ref)
+    kernel = _kernel(sigma)                                 # (a built-in activation: the same σ everywhere)
     if n_steps is not None:
-        kernel = None if _position_dependent(sigma) else _kernel(sigma)
         if kernel is None:                                  # all n samples in one autograd call
             t = riemann_points(n_steps, x.dtype, x.device)
             points = torch.addcmul(x_ref[None], t.view(-1, *([1] * x.dim())), dx[None])
@@ -778,7 +773,6 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
     secant = torch.sub(y, y_ref.expand_as(y)).div_(dx)
     scale = x.abs().add_(x_ref.abs()).add_(1).mul_(torch.finfo(x.dtype).eps ** (1 / 3))
     tiny = torch.le(dx.abs_(), scale)
-    kernel = None if _position_dependent(sigma) else _kernel(sigma)
     if kernel is not None:                                  # σ' everywhere: four cheap passes
         return torch.where(tiny, kernel(torch.add(x, x_ref).mul_(0.5)), secant, out=secant)
     if _position_dependent(sigma):                          # σ' by autograd, on the whole tensor
@@ -805,8 +799,8 @@ def product_substitute(a, b, a_ref, b_ref, n_steps) -> torch.Tensor:
 
     Along the straight path each factor is linear in t, so ``∂(ab)/∂a = b`` averaged over the
     samples ``t = k/n`` is ``b̂ + (n+1)/(2n)·Δb``, and exactly ``(b + b̂)/2`` (then
-    ``ā Δb + b̄ Δa = Δ(ab)``: the product conserves).  Broadcasting (a gate per channel) is
-    autograd's: the gradient of a broadcast factor is summed."""
+    ``ā Δb + b̄ Δa = Δ(ab)``: the product conserves).  The gradient of a broadcast factor (a gate
+    per channel) is summed over the broadcast dimensions (:class:`_Product`)."""
     w = 0.5 if n_steps is None else (n_steps + 1) / (2 * n_steps)
     return _Product.apply(a, b, a_ref if isinstance(a_ref, torch.Tensor) else None,
                           b_ref if isinstance(b_ref, torch.Tensor) else None, w)
@@ -841,15 +835,15 @@ def _norm_layout(layer, x):
     """How a normalisation layer groups ``x``: ``(rows, unrows, γ, ε)`` with ``rows(t)`` the (R, K)
     rows it normalises, ``unrows`` back to ``x``'s layout and ``γ`` (None: no scale) broadcastable to
     ``x``; None for a layer whose grouping is not known here (LocalResponseNorm, RMSNorm, subclasses)."""
-    if type(layer).forward is nn.LayerNorm.forward or (type(layer) is _LayerNorm2d and x.dim() == 4):
+    if type(layer) is _LayerNorm2d:                              # torchvision's LayerNorm over channels
+        if x.dim() != 4 or tuple(layer.normalized_shape) != (x.shape[1],):
+            return None
+        n, c, h, w = x.shape
+        return (lambda t: t.permute(0, 2, 3, 1).reshape(-1, c),
+                lambda v: v.reshape(n, h, w, c).permute(0, 3, 1, 2),
+                None if layer.weight is None else layer.weight.detach().view(1, c, 1, 1), layer.eps)
+    if type(layer).forward is nn.LayerNorm.forward:
         shape = tuple(layer.normalized_shape)
-        if type(layer) is _LayerNorm2d:                          # torchvision's LayerNorm over channels
-            if shape != (x.shape[1],):
-                return None
-            n, c, h, w = x.shape
-            return (lambda t: t.permute(0, 2, 3, 1).reshape(-1, c),
-                    lambda v: v.reshape(n, h, w, c).permute(0, 3, 1, 2),
-                    None if layer.weight is None else layer.weight.detach().view(1, c, 1, 1), layer.eps)
         if tuple(x.shape[x.dim() - len(shape):]) != shape:
             return None
         k = math.prod(shape)
@@ -862,14 +856,14 @@ def _norm_layout(layer, x):
     return None
 
 
-def _norm_path_sum(layout, x, x_ref, g, ts, ws):
-    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` of a LayerNorm/GroupNorm in closed form per row.
+def _norm_path_sum(layout, x, x_ref, g):
+    """``(ts, ws) -> Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` of a LayerNorm/GroupNorm in closed form per row.
 
     On the path each row's centred input is linear, ``u(t) = û + tΔu``, and its scale
     ``s(t) = (|u(t)|²/K + ε)^½``; ``J(t)ᵀg = (P h − u (uᵀh)/(K s²)) / s`` with ``h = γ ⊙ g`` and
     ``P`` the centring.  So the sum over the nodes needs only four numbers per row,
-    ``S = Σ w/s`` and ``T_j = Σ w t^j/s³`` (j = 0, 1, 2): a few passes over the layer, whatever
-    the number of nodes."""
+    ``S = Σ w/s`` and ``T_j = Σ w t^j/s³`` (j = 0, 1, 2): the passes over the layer are made once,
+    whatever the nodes."""
     rows, unrows, gamma, eps = layout
     u_ref = rows(x_ref.expand_as(x))
     du = rows(x) - u_ref
@@ -879,22 +873,29 @@ def _norm_path_sum(layout, x, x_ref, g, ts, ws):
     h = h - h.mean(1, keepdim=True)
     k = u_ref.shape[1]
     a, b, c = (u_ref * u_ref).sum(1), (u_ref * du).sum(1), (du * du).sum(1)
-    t = ts.to(x.dtype)[:, None]
-    s = ((a + 2 * t * b + t * t * c) / k + eps).sqrt()                    # (nodes, R)
-    w = ws.to(x.dtype)[:, None]
-    S, T0, T1, T2 = ((w / s).sum(0), (w / s ** 3).sum(0), (w * t / s ** 3).sum(0), (w * t * t / s ** 3).sum(0))
     uh, dh = (u_ref * h).sum(1), (du * h).sum(1)
-    v = h * S[:, None] - u_ref * ((uh * T0 + dh * T1) / k)[:, None] - du * ((uh * T1 + dh * T2) / k)[:, None]
-    return unrows(v)
+
+    def total(ts, ws):
+        t, w = ts.to(x.dtype)[:, None], ws.to(x.dtype)[:, None]
+        s = ((a + 2 * t * b + t * t * c) / k + eps).sqrt()                # (nodes, R)
+        S, T0, T1, T2 = ((w / s).sum(0), (w / s ** 3).sum(0), (w * t / s ** 3).sum(0), (w * t * t / s ** 3).sum(0))
+        return unrows(h * S[:, None] - u_ref * ((uh * T0 + dh * T1) / k)[:, None]
+                      - du * ((uh * T1 + dh * T2) / k)[:, None])
+    return total
+
+
+def _path_sum(layer, x, x_ref, g):
+    """``(ts, ws) -> Σ_k w_k J(x̂ + t_k Δx)ᵀ g``: in closed form per row for LayerNorm and GroupNorm
+    (:func:`_norm_path_sum`), else the layer evaluated at the path points (:func:`_layer_path_vjp`)."""
+    layout = _norm_layout(layer, x)
+    if layout is not None:
+        return _norm_path_sum(layout, x, x_ref, g)
+    return lambda ts, ws: _layer_path_vjp(layer, x, x_ref, g, ts, ws)
 
 
 def _path_vjp(layer, x, x_ref, g, ts, ws):
-    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g``: in closed form per row for LayerNorm and GroupNorm
-    (:func:`_norm_path_sum`), else the layer evaluated at the path points, as one batch."""
-    layout = _norm_layout(layer, x)
-    if layout is not None:
-        return _norm_path_sum(layout, x, x_ref, g, ts, ws)
-    return _layer_path_vjp(layer, x, x_ref, g, ts, ws)
+    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` on the nodes ``ts`` with weights ``ws`` (:func:`_path_sum`)."""
+    return _path_sum(layer, x, x_ref, g)(ts, ws)
 
 
 def _layer_path_vjp(layer, x, x_ref, g, ts, ws):
@@ -921,12 +922,13 @@ def norm_path_vjp(layer, x, x_ref, g, n_steps: Optional[int]):
     8, 16, 32, … nodes until two successive rules agree to ``64·ε`` (relative, max-norm).  Returns
     ``(D̄ᵀg, nodes, measured error)`` (error None for samples) and warns if the last rule tried
     does not reach the tolerance."""
+    total = _path_sum(layer, x, x_ref, g)
     if n_steps is not None:
-        return _path_vjp(layer, x, x_ref, g, *right_riemann(n_steps, x.dtype, x.device)), n_steps, None
+        return total(*right_riemann(n_steps, x.dtype, x.device)), n_steps, None
     tol = 64 * torch.finfo(x.dtype).eps
     prev, err = None, float("inf")
     for m in QUADRATURE_NODES:
-        v = _path_vjp(layer, x, x_ref, g, *gauss_legendre(m, 1, x.dtype, x.device))
+        v = total(*gauss_legendre(m, 1, x.dtype, x.device))
         if prev is not None:
             err = float((v - prev).abs().max() / v.abs().max().clamp(min=torch.finfo(x.dtype).tiny))
             if err <= tol:
