@@ -29,8 +29,8 @@ from .rules import (
     call_layer,
     family,
     function_family,
-    layer_kind,
     product_rule,
+    reference_needs,
     supported_layers,
     tiled_pool,
 )
@@ -344,17 +344,23 @@ def _install(model: nn.Module, check=None, pass_: Optional["_Pass"] = None, guar
 
 
 class _Pass:
-    """Forward hooks for one network pass: record outputs, and (actual pass) substitute outputs."""
+    """Forward hooks for one network pass: record outputs, and (actual pass) substitute outputs.
+
+    ``method``: the actual pass's method; None for the reference pass, which records for ``rule``
+    only what the actual pass reads (:func:`rules.reference_needs`).  ``keep``: the keys whose
+    output the recorder needs (None: every key); the outputs of the others are not held."""
 
     def __init__(self, names, reference: Optional["_Pass"] = None, method: Optional[Method] = None,
-                 n_steps=None):
+                 n_steps=None, keep=None, rule=None, shared=False):
         self.names, self.reference, self.method, self.n_steps = names, reference, method, n_steps
+        self.keep, self.shared = keep, shared
         self.leaves = {m for m in names if next(m.children(), None) is None}
-        self.kinds = {m: layer_kind(m) for m in self.leaves}
+        rule = method.rule if method is not None else rule
+        self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
         self.calls = {}
-        self.outputs = OrderedDict()      # key -> output tensor, in order of completion
-        self._first = {}                  # id(output tensor) -> the first key that recorded it
-        self.inputs = {}                  # key -> input tensor (non-linear and rule-modified layers)
+        self.outputs = OrderedDict()      # key -> output tensor, in order of completion (kept keys)
+        self._first = {}                  # id(output tensor) -> (first key that produced it, weakref, version)
+        self.inputs = {}                  # key -> input tensor X̂ a rule reads (reference pass)
         self.aliases = {}                 # container key -> key of the same output tensor
         self.pooled = {}                  # key -> rules.tiled_pool of a max-pool call
         self._pooled_now = None
@@ -367,6 +373,16 @@ class _Pass:
         self._pooled_now = tiled_pool(module, x)
         return type(module).forward(module, x) if self._pooled_now is None else self._pooled_now["y"]
 
+    def _kept(self, key) -> bool:
+        return self.keep is None or key in self.keep
+
+    def _same(self, output):
+        """The key that first produced this very tensor, unchanged since (else None)."""
+        first = self._first.get(id(output))
+        if first is None or first[1]() is not output or first[2] != output._version:
+            return None
+        return first[0]
+
     def hook(self, module, args, output):
         if not isinstance(output, torch.Tensor):
             return None
@@ -375,29 +391,36 @@ class _Pass:
         key = name if k == 1 else f"{name}#{k}"
         leaf = module in self.leaves
         if not leaf:
-            same = self._first.get(id(output))
-            if same is not None and self.outputs.get(same) is not output:     # (replaced by a copy)
-                same = next((k for k, t in self.outputs.items() if t is output), None)
+            same = self._same(output)
             if same is not None:          # a container handing on its last child's tensor
                 self.aliases[key] = same
+                if self._kept(key):
+                    self.outputs.setdefault(same, output)
                 return None
-        if leaf and self.kinds[module] is not None:
-            self.inputs[key] = args[0]
         pooled, self._pooled_now = self._pooled_now, None
-        if pooled is not None and self.method is None:
-            self.pooled[key] = pooled
-        if self.method is not None and leaf:
+        needs_x, needs_y = self.needs.get(module, (False, False))
+        if self.method is None:           # the reference pass
+            if pooled is not None:        # (a max-pool's X̂ is read off its window image)
+                self.pooled[key] = pooled
+            elif needs_x:
+                self.inputs[key] = args[0]
+        elif leaf:
             x = args[0]
             if self.reference is None:    # no increment: every layer's reference is 0
                 x_ref, y_ref = (torch.zeros((), dtype=x.dtype, device=x.device) for _ in range(2))
-            else:
-                x_ref, y_ref = self.reference.inputs[key], self.reference.outputs[key]
-            pooled_ref = self.reference.pooled.pop(key, None) if self.reference is not None else None
+                pooled_ref = None
+            else:                         # (a reference used once gives its X̂ up here)
+                ref = self.reference
+                x_ref = ref.inputs.get(key) if ref.shared else ref.inputs.pop(key, None)
+                y_ref = ref.outputs.get(key) if ref.shared or self._kept(key) else ref.outputs.pop(key, None)
+                pooled_ref = ref.pooled.get(key) if ref.shared else ref.pooled.pop(key, None)
             new = apply_rule(self.method.rule, module, x, x_ref, output, y_ref, self.n_steps, pooled, pooled_ref)
             if new is not None:
                 output = new
-        self.outputs[key] = output
-        self._first.setdefault(id(output), key)
+        if self._kept(key) or (self.method is None and needs_y):
+            self.outputs[key] = output
+        if id(output) not in self._first or self._same(output) is None:
+            self._first[id(output)] = (key, weakref.ref(output), output._version)
         if output.grad_fn is not None:
             self.nodes[key] = (output.grad_fn, output.output_nr)
         return output
@@ -502,27 +525,20 @@ class _Pass:
 
 
 
-class _SharedPools(dict):
-    """The max-pool window images of a reference kept for reuse (:class:`Reference`): the rules
-    consume a window image in place, so every use hands out a copy and keeps the original."""
-
-    def pop(self, key, default=None):
-        p = self.get(key, default)
-        return p if p is None else {**p, "image": p["image"].clone()}
-
-
 class Reference:
-    """The reference pass of a method: every layer's reference input ``X̂^l`` and output ``Ŷ^l``
-    (and max-pool window images), and the reference logits ``Ẑ``, for a baseline already checked
+    """The reference pass of a method: the reference inputs ``X̂^l`` its rules read (max-pool window
+    images), the outputs ``Ŷ^l`` they read and those of the layers in ``keep`` (None: every layer),
+    and the reference logits ``Ẑ``, for a baseline already checked
     by :func:`lidlib.explain` (batch 1: one reference for every sample; or one per sample).
 
-    ``shared=False``: used by one call only, whose recorder may write relevances into its buffers.
-    ``shared=True``: kept for reuse (:class:`lidlib.Explainer`) — nothing writes into it."""
+    ``shared=False``: used by one call only, which gives up each tensor once read and whose recorder
+    may write relevances into its buffers.  ``shared=True``: kept for reuse (:class:`lidlib.Explainer`)
+    — nothing writes into it."""
 
     def __init__(self, pass_: "_Pass", z_ref: torch.Tensor, baseline: torch.Tensor, shared: bool):
         self.pass_, self.z_ref, self.baseline, self.shared = pass_, z_ref, baseline, shared
-        if shared:
-            pass_.pooled = _SharedPools(pass_.pooled)
+        self.keep = pass_.keep
+        pass_.shared = shared
 
 
 def _layers(model: nn.Module):
@@ -537,11 +553,12 @@ def _pool_forwards(pass_: "_Pass", method: Method):
 
 
 def reference_pass(model: nn.Module, baseline: torch.Tensor, method: Method, shared: bool = False,
-                   x_shape=None) -> Reference:
-    """Forward the reference ``X̂`` once, recording what the actual pass's rules need (Eq. 21)."""
+                   x_shape=None, keep=None) -> Reference:
+    """Forward the reference ``X̂`` once, recording what the actual pass's rules need (Eq. 21) and
+    the outputs ``Ŷ^l`` of the layers in ``keep`` (None: every layer)."""
     names = _layers(model)
     guard = _FunctionalGuard()
-    reference = _Pass(names)
+    reference = _Pass(names, keep=keep, rule=method.rule)
     with patched(model, _pool_forwards(reference, method)) as handles:
         handles += _install(model, _shape_check(names, x_shape), reference, guard)
         with torch.no_grad(), guard:
@@ -559,12 +576,14 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     None computes it here (increment methods only).  The result does not depend on which.
     """
     if method.increment and reference is None:
-        reference = reference_pass(model, baseline, method, x_shape=x.shape)
+        reference = reference_pass(model, baseline, method, x_shape=x.shape, keep=keep)
+    if reference is not None and not (reference.keep is None or (keep is not None and keep <= reference.keep)):
+        raise ValueError("the reference pass did not record every layer to keep")
     names = _layers(model)
     guard = _FunctionalGuard()
     ref = reference.pass_ if reference is not None else None
     z_ref = reference.z_ref if reference is not None else torch.zeros((), dtype=x.dtype, device=x.device)
-    actual = _Pass(names, ref, method, n_steps)
+    actual = _Pass(names, ref, method, n_steps, keep=keep)
     with patched(model, _pool_forwards(actual, method)) as handles:
         handles += _install(model, _shape_check(names, x.shape), actual, guard)
         with torch.enable_grad():
@@ -573,8 +592,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
                 z = model(x_in)
             _check_logits(z, target, x)
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
-            wanted = None if keep is None else {actual.aliases.get(k, k) for k in keep}
-            keys = [k for k in actual.outputs if wanted is None or k in wanted]
+            keys = list(actual.outputs)
             writable = ref if reference is not None and not reference.shared else None
             recorder = _Recorder(writable, [baseline, z_ref, x_in] + list(model.parameters()) + list(model.buffers()))
             for k in keys:

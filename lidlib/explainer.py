@@ -33,13 +33,15 @@ class Explainer:
     ``training`` flag, forward hooks), its parameters and buffers (identity, storage and
     ``_version``, which every in-place change such as ``p.add_(1)``, ``optimizer.step()``,
     ``load_state_dict`` or a batch-norm update bumps), the baseline (identity and ``_version`` of
-    the tensor, or the number), the reference's shape, dtype and device, and whether the method pools
-    through window images.  Any change computes it again.  Not seen: changes made through
+    the tensor, or the number), the reference's shape, dtype and device, and the method's middle rule
+    (which decides what the reference records).  Any change computes it again.  Not seen: changes made through
     ``tensor.data`` (they bypass the version counter) and plain attributes such as a LeakyReLU's
     ``negative_slope``: call :meth:`reset` after such changes.
 
-    ``method``, ``baseline``, ``n_steps`` and ``layers`` are plain attributes and may be reassigned
-    between calls (``n_steps`` and ``layers`` never invalidate the reference).  The LRP family
+    The reference keeps only what the rules read and the outputs ``Ŷ^l`` of the layers kept
+    (``layers``).  ``method``, ``baseline``, ``n_steps`` and ``layers`` are plain attributes and may
+    be reassigned between calls: ``n_steps`` never invalidates the reference, nor do ``layers`` among
+    those it recorded (``layers=None`` records every layer).  The LRP family
     (no reference) and the comparison methods (IG, CAMs) are passed on to :func:`lidlib.explain` unchanged.
     No hooks stay on the model between calls and the model is left unchanged; calls hold the model's
     lock (:func:`lidlib.engine.exclusive`), so one explainer may be used from several threads.  The
@@ -87,9 +89,12 @@ class Explainer:
 
     def _cached(self, m: Method, call, baseline) -> Reference:
         alive, key = self._fingerprint(m, call.baseline, baseline)
-        if self._reference is None or key != self._key:
+        kept = self._reference.keep if self._reference is not None else None
+        covered = kept is None or (call.keep is not None and call.keep <= kept)
+        if self._reference is None or key != self._key or not covered:
             self.reset()                   # release the old reference before computing the new one
-            self._reference = reference_pass(self.model, call.baseline, m, shared=True, x_shape=call.x.shape)
+            self._reference = reference_pass(self.model, call.baseline, m, shared=True, x_shape=call.x.shape,
+                                             keep=call.keep)
             self._key, self._alive = key, alive
             self.reference_passes += 1
         return self._reference
@@ -103,7 +108,7 @@ class Explainer:
         key = (tuple((id(t), t.data_ptr(), t._version) for t in tensors),
                tuple((id(mod), mod.training, tuple(mod._forward_hooks), tuple(mod._forward_pre_hooks))
                      for mod in modules),
-               given, tuple(ref.shape), ref.dtype, ref.device, m.rule.maxpool != "D")
+               given, tuple(ref.shape), ref.dtype, ref.device, m.rule)
         return tensors + modules + [baseline], key
 
     def __repr__(self):

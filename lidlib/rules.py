@@ -23,7 +23,7 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -282,21 +282,25 @@ def eps_ratio(z: torch.Tensor, eps: float, cutoff: bool) -> torch.Tensor:
 
 
 class _Substitute(torch.autograd.Function):
-    """Return ``y`` in the forward pass; in the backward pass map the output gradient by ``vjp``."""
+    """Return ``y`` in the forward pass; in the backward pass map the output gradient by
+    ``vjp(g, *saved)``.  ``saved`` are held as autograd's saved tensors: released as soon as this
+    node has run (and checked against in-place changes, as autograd's own)."""
 
     @staticmethod
-    def forward(ctx, x, y, vjp):
+    def forward(ctx, x, y, vjp, *saved):
         ctx.vjp = vjp
+        ctx.save_for_backward(*saved)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.vjp(grad), None, None
+        return (ctx.vjp(grad, *ctx.saved_tensors), None, None) + (None,) * len(ctx.saved_tensors)
 
 
-def substitute(x: torch.Tensor, y: torch.Tensor, vjp: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """A tensor equal to ``y`` whose backward pass sends ``vjp(g)`` to ``x``."""
-    return _Substitute.apply(x, y.detach(), vjp)
+def substitute(x: torch.Tensor, y: torch.Tensor, vjp: Callable[..., torch.Tensor], *saved) -> torch.Tensor:
+    """A tensor equal to ``y`` whose backward pass sends ``vjp(g, *saved)`` to ``x`` (``vjp`` should
+    hold no tensors itself: ``saved`` are freed once it has run)."""
+    return _Substitute.apply(x, y.detach(), vjp, *saved)
 
 
 # --------------------------------------------------------------------------- element-wise layers
@@ -348,8 +352,8 @@ def _slope_counts(module: nn.Module, x, x_ref, y, y_ref, n_steps: Optional[int])
     dx = torch.sub(x, x_ref)
     d = None
     for b, jump, strict in kinks:
-        if strict and type(module) is nn.ReLU and y_ref is not None:    # max(x, x̂, 0) = max(y, ŷ)
-            gap = torch.maximum(y, y_ref)
+        if strict and type(module) is nn.ReLU:                           # max(x, x̂, 0) = max(y, x̂)
+            gap = torch.maximum(y, x_ref)
         elif strict:    # σ' gains `jump` above b: gap = how far the upper end lies above b
             gap = torch.maximum(x, x_ref).clamp_(min=b)
         else:           # σ' loses `jump` below b: gap = −(how far the lower end lies below b)
@@ -377,26 +381,29 @@ def path_slope(module: nn.Module, x: torch.Tensor, x_ref: torch.Tensor, y: torch
     return d if n_steps is None else d.div_(n_steps)
 
 
+def _integer_counts(module: nn.Module) -> bool:
+    """Whether ``n·D̄`` is a whole number of samples (σ' is 0 or 1 everywhere: ReLU, ReLU6)."""
+    left, kinks = _breakpoints(module)
+    return left == 0 and all(abs(jump) == 1 for _, jump, _ in kinks)
+
+
 def elementwise_substitute(module, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
     """Replacement output of an element-wise layer whose backward multiplies by ``D̄`` (Eq. 21).
 
-    ``D̄`` is computed in the backward pass, in the buffer of the gradient it returns (no stored
-    ``D̄``); like autograd's saved tensors, ``x``, ``y`` and the references must not be modified in
-    place in between, which is checked."""
-    xd, yd = x.detach(), y.detach()
-    inputs = [t for t in (xd, x_ref, yd, y_ref) if isinstance(t, torch.Tensor)]
-    versions = [t._version for t in inputs]
+    ``D̄`` is computed here, from the values of this forward pass, and kept until the backward pass
+    instead of ``x``: as sample counts, one byte per element, for ReLU and ReLU6 with n ≤ 255."""
+    with torch.no_grad():
+        d, scale = _slope_counts(module, x.detach(), x_ref, y.detach(), y_ref, n_steps)
+        if scale != 1 and n_steps <= 255 and _integer_counts(module):
+            d = d.to(torch.uint8)
+    return substitute(x, y, _times_counts(scale), d)
 
-    def vjp(g):
-        if [t._version for t in inputs] != versions:
-            raise RuntimeError(f"lidlib: the input or output of {type(module).__name__} was modified in "
-                               "place after the forward pass; its path average D̄ (Eq. 21) needs them")
-        d, scale = _slope_counts(module, xd, x_ref, yd, y_ref, n_steps)
-        if scale == 1:
-            return d.mul_(g)
-        return torch.addcmul(torch.zeros((), dtype=d.dtype, device=d.device), d, g, value=scale, out=d)
 
-    return substitute(x, y, vjp)
+def _times_counts(scale: float):
+    """``vjp(g, d) = g ⊙ d · scale``."""
+    if scale == 1:
+        return lambda g, d: torch.mul(g, d)
+    return lambda g, d: torch.mul(g, d).mul_(scale)
 
 
 # --------------------------------------------------------------------------- max-pool
@@ -486,8 +493,7 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     """
     squeeze = x.dim() == 3
     if squeeze:
-        x, x_ref = x[None], (x_ref[None] if x_ref.dim() == 3 else x_ref)
-    x_ref0, x_ref = x_ref, x_ref.expand_as(x)
+        x, x_ref = x[None], (x_ref[None] if x_ref is not None and x_ref.dim() == 3 else x_ref)
     B, C, H, W = x.shape
     (kh, kw), _, _, _ = _geometry(module)
     Ho, Wo = out_hw
@@ -496,26 +502,26 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     low = torch.finfo(x.dtype).min                          # padding: below every input, and a − a = 0
     image = (Ho * kh, Wo * kw)
     pool = lambda img: F.max_pool2d(img.permute(0, 3, 1, 2), (kh, kw), return_indices=True)
-    flat = lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, C)          # (B, L, C) views
+    flat = lambda t: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, C)     # (B, L, C) views
     if pooled_ref is not None and pooled_ref["image"].shape[0] in (1, B):           # window images
-        a, m0, i0 = pooled_ref["image"], pooled_ref["max"], pooled_ref["index"]
-        if a.shape[0] != B:                                # one reference for the batch
-            a, m0, i0 = a.expand(B, *a.shape[1:]).clone(), m0.expand(B, *m0.shape[1:]), i0.expand(B, *i0.shape[1:])
+        a, m0, i0 = pooled_ref["image"], pooled_ref["max"], pooled_ref["index"]    # (read, never written)
     else:
-        a = _windows(x_ref, wmap, image, low)
+        a = _windows(x_ref.expand_as(x), wmap, image, low)
         m0, i0 = pool(a)                                   # winners at t = 0
     e = pooled["image"] if pooled is not None else _windows(x, wmap, image, low)
     e.sub_(a).add_(a)                                      # the lines at t = 1 as sampled: a + 1·(x − a)
     m1, i1 = pool(e)                                       # winners at t = 1
-    m0, i0, m1, i1 = flat(m0), flat(i0), flat(m1), flat(i1)
-    a1, c0 = a.view(B, -1, C).gather(1, i1), e.view(B, -1, C).gather(1, i0)
+    m0, i0, m1, i1 = flat(m0), flat(i0).expand(B, -1, -1), flat(m1), flat(i1)
+    a1 = a.view(a.shape[0], -1, C).expand(B, -1, -1).gather(1, i1)     # (one reference for the batch: a view)
+    c0 = e.view(B, -1, C).gather(1, i0)
     db = m1.sub_(a1).sub_(c0.sub_(m0))                    # b_w1 − b_w0
     t = torch.sub(m0, a1, out=a1).div_(db).nan_to_num_(0.0).clamp_(0, 1)   # t*; 0 where w0 = w1
     # a third line above the two-line envelope at t*: the pooled winner at t* is neither w0 nor w1
-    a.view(B, Ho, kh, Wo, kw, C).lerp_(e.view(B, Ho, kh, Wo, kw, C), t.view(B, Ho, 1, Wo, 1, C))
-    im = flat(pool(a)[1])
+    e6 = e.view(B, Ho, kh, Wo, kw, C)
+    torch.lerp(a.view(a.shape[0], Ho, kh, Wo, kw, C), e6, t.view(B, Ho, 1, Wo, 1, C), out=e6)
+    im = flat(pool(e)[1])
     general = (im != i0).logical_and_(im != i1).nonzero()  # (batch, window, channel) rows
-    del a, e, im
+    del e, im
     s0 = t
     if n_steps is not None:     # w0 takes the samples k ≥ 1 with k ≤ n·t*, but k < n·t* if w1 < w0
         n = n_steps             # (a tie at t* goes to the lower index)
@@ -543,7 +549,12 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
                 idx = pos + (((bi if t.shape[0] > 1 else 0) * C + ci) * (H * W))[:, None]
                 return t.reshape(-1).index_select(0, idx.view(-1)).view(idx.shape)
             return t.expand(B, C, H, W)[bi[:, None], ci[:, None], pos // W, pos % W]
-        la = at(x_ref0)
+        if x_ref is None:                                    # X̂ read off its window image (wmap is None)
+            img = a.view(a.shape[0], H * W, C)
+            la = img[(bi if img.shape[0] > 1 else torch.zeros_like(bi))[:, None], pos, ci[:, None]]
+        else:
+            la = at(x_ref)
+        del a
         lb = at(x) - la
         pos = pos.add_(plane[:, None] * (H * W))             # flat in x
         if pad.any():                                        # a flat line below every real one
@@ -588,20 +599,20 @@ def maxpool_substitute(module, x, x_ref, y, y_ref, n_steps, pooled=None, pooled_
     window solved in general, with its :func:`path_shares`)."""
     p = maxpool_path_weights(module, x.detach(), x_ref, y.shape[-2:], n_steps, pooled, pooled_ref)
     H, W = x.shape[-2:]
+    squeeze = p["squeeze"]
 
-    def vjp(g):
-        gg = g[None] if p["squeeze"] else g
+    def vjp(g, i0, s0, i1, s1, window=None, pos=None, w=None):
+        gg = g[None] if squeeze else g
         B, C = gg.shape[:2]
         gf = gg.reshape(B, C, -1)
         out = gf.new_zeros(B, C, H * W)
-        out.scatter_add_(2, p["i0"], gf * p["s0"]).scatter_add_(2, p["i1"], gf * p["s1"])
-        if p["rows"] is not None:
-            window, pos, w = p["rows"]
+        out.scatter_add_(2, i0, gf * s0).scatter_add_(2, i1, gf * s1)
+        if window is not None:
             out.view(-1).index_add_(0, pos.view(-1), (gf.reshape(-1).index_select(0, window)[:, None] * w).view(-1))
         out = out.view(B, C, H, W)
-        return out[0] if p["squeeze"] else out
+        return out[0] if squeeze else out
 
-    return substitute(x, y, vjp)
+    return substitute(x, y, vjp, p["i0"], p["s0"], p["i1"], p["s1"], *(p["rows"] or ()))
 
 
 # --------------------------------------------------------------------------- conv / linear
@@ -671,6 +682,19 @@ def apply_rule(rule: Rule, module: nn.Module, x, x_ref, y, y_ref, n_steps, poole
     if kind == "linear" and rule.linear != "W" and isinstance(module, WEIGHTED if rule.linear == "z+" else MIXING):
         return linear_substitute(rule, module, x, x_ref, y, y_ref)
     return None
+
+
+def reference_needs(rule: Rule, module: nn.Module) -> Tuple[bool, bool]:
+    """Which of the layer's reference input ``X̂`` and output ``Ŷ`` its replacement under ``rule``
+    reads (:func:`apply_rule`): the reference pass keeps only these (and the kept layers' ``Ŷ``)."""
+    kind = layer_kind(module)
+    if kind in ("elementwise", "smooth", "norm") and rule.elementwise != "D":
+        return True, kind == "smooth"                # (the smooth secant reads σ(x̂) = ŷ)
+    if kind == "maxpool":
+        return rule.maxpool not in ("D", "ε"), rule.maxpool == "ε"
+    if kind == "linear" and rule.linear != "W" and isinstance(module, WEIGHTED if rule.linear == "z+" else MIXING):
+        return rule.linear == "z+", True
+    return False, False
 
 
 def product_rule(rule: Rule, a, b, a_ref, b_ref, n_steps) -> Optional[torch.Tensor]:
@@ -785,12 +809,15 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
 
 
 def smooth_substitute(sigma, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
-    """Replacement output of a smooth element-wise layer whose backward multiplies by ``D̄``."""
+    """Replacement output of a smooth element-wise layer whose backward multiplies by ``D̄``
+    (computed here, in the forward pass, and kept instead of ``x``)."""
     xd, yd = x.detach(), y.detach()
-    if not (isinstance(x_ref, torch.Tensor) and x_ref.dim()):
-        x_ref = torch.zeros_like(xd)
-        y_ref = _plain(sigma)(x_ref)
-    return substitute(x, y, lambda g: smooth_path_slope(sigma, xd, x_ref, yd, y_ref, n_steps).mul_(g))
+    with torch.no_grad():
+        if not (isinstance(x_ref, torch.Tensor) and x_ref.dim()):
+            x_ref = torch.zeros_like(xd)
+            y_ref = _plain(sigma)(x_ref)
+        d = smooth_path_slope(sigma, xd, x_ref, yd, y_ref, n_steps)
+    return substitute(x, y, _times_counts(1), d)
 
 
 # --------------------------------------------------------------------------- products a ⊙ b
@@ -945,4 +972,4 @@ def norm_substitute(layer, x, x_ref, y, n_steps) -> torch.Tensor:
     (the layer evaluated on its own input path — not the whole network)."""
     xd = x.detach()
     x_ref = x_ref.to(xd.dtype) if isinstance(x_ref, torch.Tensor) and x_ref.dim() else torch.zeros_like(xd)
-    return substitute(x, y, lambda g: norm_path_vjp(layer, xd, x_ref, g, n_steps)[0])
+    return substitute(x, y, lambda g, xd, x_ref: norm_path_vjp(layer, xd, x_ref, g, n_steps)[0], xd, x_ref)

@@ -69,6 +69,26 @@ def test_explainer_serves_batches_of_any_size_with_one_reference(n_steps):
     assert explainer.reference_passes == 1
 
 
+@pytest.mark.parametrize("n_steps", [3, None])
+def test_the_reference_keeps_only_what_the_kept_layers_and_the_rules_read(n_steps):
+    """layers=[]: the cached reference holds no layer outputs under the IG rule — the ReLUs read their
+    X̂, the 2×2 max-pool its window image, the overlapping one its X̂; a layer outside those it
+    recorded computes it again, a subset reuses it, and a change of the method's rule computes it again."""
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1)
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=n_steps, layers=[])
+    _same(explainer(X, T), lidlib.explain(model, X, T, "SIG-LID-IG", n_steps=n_steps, layers=[]))
+    ref = explainer._reference.pass_
+    assert not ref.outputs and list(ref.pooled) == ["2"] and sorted(ref.inputs) == ["1", "4", "5", "8"]
+    for layers, passes in ((["3"], 2), (["3"], 2), (None, 3), (["3", "0"], 3), ([], 3)):
+        explainer.layers = layers
+        _same(explainer(X, T), lidlib.explain(model, X, T, "SIG-LID-IG", n_steps=n_steps, layers=layers))
+        assert explainer.reference_passes == passes, layers
+    for method, passes in (("LID-IG", 3), ("LID-Taylor", 4), ("SIG-LID-IG", 5)):
+        explainer.method = method
+        _same(explainer(X, T), lidlib.explain(model, X, T, method, n_steps=n_steps, layers=[]))
+        assert explainer.reference_passes == passes, method
+
+
 def _check_invalidated(model, explainer, change, **kw):
     explainer(X, T)
     n = explainer.reference_passes

@@ -106,7 +106,7 @@ def test_elementwise_exact_is_secant_on_random_paths(act):
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("n", [4, None])
 def test_elementwise_backward_is_path_slope_times_gradient(act, n):
-    """The substitute computes D̄ lazily in its backward pass; also for a batch-1 and a 0-dim reference."""
+    """The substitute's backward multiplies by D̄; also for a batch-1 and a 0-dim reference."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 5, 7, generator=g, dtype=torch.float64) * 3
     for x_ref in (torch.randn(1, 5, 7, generator=g, dtype=torch.float64), torch.zeros((), dtype=torch.float64)):
@@ -119,14 +119,28 @@ def test_elementwise_backward_is_path_slope_times_gradient(act, n):
         assert torch.allclose(grad, expected, rtol=1e-15, atol=1e-15)
 
 
-def test_elementwise_backward_refuses_inputs_modified_in_place():
-    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    h = x * 1.0
-    out = rules.elementwise_substitute(nn.ReLU(), h, torch.zeros(()), torch.relu(h), torch.zeros(()), 3)
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.1), nn.SiLU()])
+@pytest.mark.parametrize("n", [3, None])
+def test_path_slope_is_taken_in_the_forward_pass(act, n):
+    """D̄ is computed from the forward pass's values and kept (counts in one byte for ReLU/ReLU6):
+    an in-place change of the layer's input or of the reference afterwards does not change it."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=g) * 4
+    x_ref = torch.randn(1, 6, dtype=torch.float64, generator=g)
+    expected = rules.path_slope(act, x, x_ref.expand_as(x), act(x), act(x_ref).expand_as(x), n) if not \
+        isinstance(act, nn.SiLU) else rules.smooth_path_slope(act, x, x_ref, act(x), act(x_ref), n)
+    xg = x.clone().requires_grad_(True)
+    h, h_ref = xg * 1.0, x_ref.clone()
+    sub = rules.smooth_substitute if isinstance(act, nn.SiLU) else rules.elementwise_substitute
+    out = sub(act, h, h_ref, act(h), act(h_ref), n)
+    saved = out.grad_fn.saved_tensors
+    integer = n is not None and not isinstance(act, (nn.LeakyReLU, nn.SiLU))
+    assert [t.dtype for t in saved] == [torch.uint8 if integer else torch.float64]
     with torch.no_grad():
         h.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified in place"):
-        out.sum().backward()
+        h_ref.mul_(-2.0)
+    (grad,) = torch.autograd.grad(out.sum(), xg)
+    assert torch.allclose(grad, expected, rtol=1e-15, atol=1e-15)
 
 
 POOLS = [nn.MaxPool2d(2), nn.MaxPool2d(2, padding=1), nn.MaxPool2d(3, stride=1), nn.MaxPool2d(2, ceil_mode=True),
