@@ -400,10 +400,10 @@ def elementwise_substitute(module, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
 
 
 def _times_counts(scale: float):
-    """``vjp(g, d) = g ⊙ d · scale``."""
+    """``vjp(g, d) = g ⊙ d · scale`` (byte counts widened first: a mixed-type product is ~6× slower)."""
     if scale == 1:
         return lambda g, d: torch.mul(g, d)
-    return lambda g, d: torch.mul(g, d).mul_(scale)
+    return lambda g, d: (d.to(g.dtype).mul_(g) if d.dtype == torch.uint8 else torch.mul(g, d)).mul_(scale)
 
 
 # --------------------------------------------------------------------------- max-pool
@@ -428,7 +428,10 @@ def _window_map(module: nn.MaxPool2d, hw, out_hw) -> Optional[torch.Tensor]:
 
 
 def _transpose(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out[b] = t[b]ᵀ`` for (B, M, N) → (B, N, M), one 2-D copy per sample (the fast kernel)."""
+    """``out[b] = t[b]ᵀ`` for (B, M, N) → (B, N, M): one 2-D copy per sample for floating point (the
+    fast kernel there), one batched copy for indices (2× faster than per sample for int64)."""
+    if not t.is_floating_point():
+        return out.copy_(t.transpose(1, 2))
     for i in range(t.shape[0]):
         out[i].copy_(t[i].t())
     return out
@@ -446,6 +449,16 @@ def _windows(t: torch.Tensor, wmap: Optional[torch.Tensor], image_hw, fill: floa
         return rows.view(B, H, W, C)
     rows[:, -1] = fill
     return rows[:, wmap].view(B, *image_hw, C)
+
+
+def _at(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``image[b, index[b, l, c], c]`` for a window image (B or 1, H, W, C) and pooling indices (B, L, C)
+    into its planes: ``gather`` along dim 1, by one flat ``index_select`` (2.5× faster here)."""
+    b, hw, c = image.shape[0], image.shape[1] * image.shape[2], image.shape[3]
+    flat = index * c + torch.arange(c, device=index.device)
+    if b > 1:
+        flat += torch.arange(b, device=index.device).view(-1, 1, 1) * (hw * c)
+    return image.reshape(-1).index_select(0, flat.view(-1)).view(index.shape)
 
 
 def tiled_pool(module: nn.MaxPool2d, x: torch.Tensor) -> Optional[dict]:
@@ -512,8 +525,7 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     e.sub_(a).add_(a)                                      # the lines at t = 1 as sampled: a + 1·(x − a)
     m1, i1 = pool(e)                                       # winners at t = 1
     m0, i0, m1, i1 = flat(m0), flat(i0).expand(B, -1, -1), flat(m1), flat(i1)
-    a1 = a.view(a.shape[0], -1, C).expand(B, -1, -1).gather(1, i1)     # (one reference for the batch: a view)
-    c0 = e.view(B, -1, C).gather(1, i0)
+    a1, c0 = _at(a, i1), _at(e, i0)
     db = m1.sub_(a1).sub_(c0.sub_(m0))                    # b_w1 − b_w0
     t = torch.sub(m0, a1, out=a1).div_(db).nan_to_num_(0.0).clamp_(0, 1)   # t*; 0 where w0 = w1
     # a third line above the two-line envelope at t*: the pooled winner at t* is neither w0 nor w1
