@@ -8,6 +8,7 @@ Path averages are per layer (Eq. 21), so they cost element-wise work, not extra 
 from __future__ import annotations
 
 import dis
+import itertools
 import sys
 import threading
 import weakref
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .checks import _check_eval
+from .checks import _check_eval, walk, walking
 from .explanation import Explanation
 from .methods import Method
 from .rules import (
@@ -43,7 +44,7 @@ def check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_eval(model)
-    for name, m in model.named_modules():
+    for name, m in walk(model):
         fam = family(m)
         if fam is not None and fam.kind == "refused":
             raise TypeError(f"lidlib cannot explain layer {name or '<model>'!r} ({type(m).__name__}): {fam.hint}.")
@@ -205,7 +206,8 @@ def exclusive(model: nn.Module):
     with state.lock:
         if state.hooked:
             raise RuntimeError(REENTRY)
-        yield state
+        with walking(model):
+            yield state
 
 
 @contextmanager
@@ -226,7 +228,7 @@ def inplace_off(model: nn.Module):
     no instance attribute behind."""
     flags = []
     try:
-        for m in model.modules():
+        for _, m in walk(model):
             v = vars(m).get("inplace", getattr(type(m), "inplace", None))     # (not Module.__getattr__: slow)
             if v is not None and not isinstance(v, torch.Tensor) and bool(v):
                 flags.append((m, "inplace" in vars(m), v))
@@ -288,7 +290,7 @@ def _shape_check(names, x_shape):
 
 def shape_hooks(model: nn.Module, x_shape=None):
     """Forward pre-hooks that name the layer when its input does not fit it (:func:`_shape_check`)."""
-    return _install(model, _shape_check({m: n for n, m in model.named_modules()}, x_shape))
+    return _install(model, _shape_check({m: n for n, m in walk(model)}, x_shape))
 
 
 def _install(model: nn.Module, check=None, pass_: Optional["_Pass"] = None, guard=None):
@@ -300,7 +302,7 @@ def _install(model: nn.Module, check=None, pass_: Optional["_Pass"] = None, guar
     only on this model's modules, instead of hundreds of per-module hooks whose registration alone
     costs more than a small network's forward pass.  A module that carries hooks of its own gets
     lidlib's as per-module hooks, registered after the user's and so run after them, as before."""
-    checked = {m for m in model.modules() if isinstance(m, _CHECKED)} if check is not None else set()
+    checked = {m for _, m in walk(model) if isinstance(m, _CHECKED)} if check is not None else set()
     hooked_ = set(pass_.names) if pass_ is not None else set()
     if guard is not None:
         guard.start(pass_)
@@ -543,7 +545,7 @@ class Reference:
 
 def _layers(model: nn.Module):
     """Every module but the root, by object: its name."""
-    return {m: name for name, m in model.named_modules() if name}
+    return {m: name for name, m in walk(model) if name}
 
 
 def _pool_forwards(pass_: "_Pass", method: Method):
@@ -594,7 +596,8 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
             keys = list(actual.outputs)
             writable = ref if reference is not None and not reference.shared else None
-            recorder = _Recorder(writable, [baseline, z_ref, x_in] + list(model.parameters()) + list(model.buffers()))
+            state = [t for _, m in walk(model) for t in itertools.chain(m._parameters.values(), m._buffers.values())]
+            recorder = _Recorder(writable, [baseline, z_ref, x_in] + state)
             for k in keys:
                 recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None, actual.outputs[k] is x_in,
                                actual.nodes.get(k))

@@ -11,13 +11,14 @@ depend on has changed, so each call costs one forward and one backward pass::
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .api import _check_method, explain, prepare
-from .checks import _check_eval
+from .checks import _check_eval, walk
 from .comparison import Comparison
 from .engine import Reference, exclusive, propagate, reference_pass
 from .explanation import Explanation
@@ -45,8 +46,9 @@ class Explainer:
     (no reference) and the comparison methods (IG, CAMs) are passed on to :func:`lidlib.explain` unchanged.
     No hooks stay on the model between calls and the model is left unchanged; calls hold the model's
     lock (:func:`lidlib.engine.exclusive`), so one explainer may be used from several threads.  The
-    cached reference keeps one reference forward pass's activations alive (batch 1 for a single
-    reference); :meth:`reset` releases them.
+    cached reference keeps those tensors of one reference forward pass alive (batch 1 for a single
+    reference; with ``layers=[]`` on VGG-16: the ReLUs' inputs and the max-pools' window images,
+    ``scripts/memory.py`` measures it); :meth:`reset` releases them.
     """
 
     def __init__(self, model: nn.Module, method: Union[str, Method] = "SIG-LID-IG", *,
@@ -102,8 +104,9 @@ class Explainer:
     def _fingerprint(self, m: Method, ref: torch.Tensor, baseline):
         """Everything the reference pass depends on; ``alive`` keeps the objects whose ids it holds."""
         model = self.model
-        tensors = list(model.parameters()) + list(model.buffers())
-        modules = list(model.modules())
+        modules = [m for _, m in walk(model)]
+        tensors = [t for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values())
+                   if t is not None]
         given = (id(baseline), baseline._version) if isinstance(baseline, torch.Tensor) else ("value", baseline)
         key = (tuple((id(t), t.data_ptr(), t._version) for t in tensors),
                tuple((id(mod), mod.training, tuple(mod._forward_hooks), tuple(mod._forward_pre_hooks))
