@@ -420,6 +420,21 @@ def test_sampled_smooth_slope_one_point_at_a_time_is_the_batched_mean(sigma, n):
 
 
 @pytest.mark.parametrize("sigma", SMOOTH_BUILTINS, ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("block", [16, 96, 160, 10 ** 9])
+def test_sampled_smooth_slope_in_blocks_gives_the_same_numbers(sigma, block, monkeypatch):
+    """The sampled slope computed block by block (a block's samples in cache) is bit for bit the
+    slope computed over the whole tensor, also for a broadcast reference and a partial last block
+    (blocks a multiple of the SIMD width: vector and scalar kernels may differ in the last bit)."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 5, 4, 4, generator=g, dtype=torch.float64) * 3
+    x_ref = torch.randn(1, 5, 4, 4, generator=g, dtype=torch.float64)
+    monkeypatch.setattr(rules, "SAMPLE_BLOCK", 10 ** 9)
+    whole = rules.smooth_path_slope(sigma, x, x_ref, sigma(x), sigma(x_ref), 10)
+    monkeypatch.setattr(rules, "SAMPLE_BLOCK", block)
+    assert torch.equal(rules.smooth_path_slope(sigma, x, x_ref, sigma(x), sigma(x_ref), 10), whole)
+
+
+@pytest.mark.parametrize("sigma", SMOOTH_BUILTINS, ids=lambda s: type(s).__name__)
 def test_exact_smooth_slope_is_the_secant_and_the_midpoint_derivative_where_tiny(sigma):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(3, 50, generator=g, dtype=torch.float64) * 3
