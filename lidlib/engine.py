@@ -353,9 +353,9 @@ class _Pass:
     output the recorder needs (None: every key); the outputs of the others are not held."""
 
     def __init__(self, names, reference: Optional["_Pass"] = None, method: Optional[Method] = None,
-                 n_steps=None, keep=None, rule=None, shared=False):
+                 n_steps=None, keep=None, rule=None):
         self.names, self.reference, self.method, self.n_steps = names, reference, method, n_steps
-        self.keep, self.shared = keep, shared
+        self.keep, self.shared = keep, False      # shared: a reference kept for reuse (set by Reference)
         self.leaves = {m for m in names if next(m.children(), None) is None}
         rule = method.rule if method is not None else rule
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
