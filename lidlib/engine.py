@@ -361,6 +361,7 @@ class _Pass:
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
         self.calls = {}
         self.outputs = OrderedDict()      # key -> output tensor, in order of completion (kept keys)
+        self.held = set()                 # the keys of outputs the recorder reads (kept, or a kept container's)
         self._first = {}                  # id(output tensor) -> (first key that produced it, weakref, version)
         self.inputs = {}                  # key -> input tensor X̂ a rule reads (reference pass)
         self.aliases = {}                 # container key -> key of the same output tensor
@@ -398,6 +399,7 @@ class _Pass:
                 self.aliases[key] = same
                 if self._kept(key):
                     self.outputs.setdefault(same, output)
+                    self.held.add(same)
                 return None
         pooled, self._pooled_now = self._pooled_now, None
         needs_x, needs_y = self.needs.get(module, (False, False))
@@ -414,12 +416,15 @@ class _Pass:
             else:                         # (a reference used once gives its X̂ up here)
                 ref = self.reference
                 x_ref = ref.inputs.get(key) if ref.shared else ref.inputs.pop(key, None)
-                y_ref = ref.outputs.get(key) if ref.shared or self._kept(key) else ref.outputs.pop(key, None)
+                y_ref = ref.outputs.get(key) if ref.shared or key in ref.held else ref.outputs.pop(key, None)
                 pooled_ref = ref.pooled.get(key) if ref.shared else ref.pooled.pop(key, None)
             new = apply_rule(self.method.rule, module, x, x_ref, output, y_ref, self.n_steps, pooled, pooled_ref)
             if new is not None:
                 output = new
-        if self._kept(key) or (self.method is None and needs_y):
+        if self._kept(key):
+            self.outputs[key] = output
+            self.held.add(key)
+        elif self.method is None and needs_y:
             self.outputs[key] = output
         if id(output) not in self._first or self._same(output) is None:
             self._first[id(output)] = (key, weakref.ref(output), output._version)

@@ -89,6 +89,27 @@ def test_the_reference_keeps_only_what_the_kept_layers_and_the_rules_read(n_step
         assert explainer.reference_passes == passes, method
 
 
+@pytest.mark.parametrize("method", ["SIG-LID-IG", "LID-Taylor", "LID-IG"])
+def test_kept_containers_and_leaves_give_the_relevance_of_every_layer(method):
+    """A kept container whose output is its last child's (an alias), a kept leaf inside it, and a
+    subset of the layers each equal the relevance computed with every layer kept — through explain
+    (whose reference gives its tensors up as they are read) and through an Explainer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU()),
+                          nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+                          nn.Flatten(), nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 4)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    full = lidlib.explain(model, X, T, method, n_steps=3, baseline=0.2)
+    for layers in (["0"], ["1"], ["1", "1.0"], ["0.1", "1", "4"], ["1.2", "0"]):
+        for e in (lidlib.explain(model, X, T, method, n_steps=3, baseline=0.2, layers=layers),
+                  lidlib.Explainer(model, method, n_steps=3, baseline=0.2, layers=layers)(X, T)):
+            for name in layers:
+                assert torch.equal(e.layer(name), full.layer(name)), (layers, name)
+            torch.testing.assert_close(e.input, full.input, rtol=0, atol=0)
+
+
 def _check_invalidated(model, explainer, change, **kw):
     explainer(X, T)
     n = explainer.reference_passes
