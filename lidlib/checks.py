@@ -28,6 +28,12 @@ def walk(model: nn.Module) -> list:
     return list(model.named_modules())
 
 
+def state_tensors(model: nn.Module) -> list:
+    """Every parameter and buffer of ``model``, module by module (:func:`walk`; shared ones repeated)."""
+    return [t for _, m in walk(model) for t in itertools.chain(m._parameters.values(), m._buffers.values())
+            if t is not None]
+
+
 @contextmanager
 def walking(model: nn.Module):
     """Within this block, this thread's :func:`walk` of ``model`` is one list (the model's

@@ -8,7 +8,6 @@ Path averages are per layer (Eq. 21), so they cost element-wise work, not extra 
 from __future__ import annotations
 
 import dis
-import itertools
 import sys
 import threading
 import weakref
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .checks import _check_eval, walk, walking
+from .checks import _check_eval, state_tensors, walk, walking
 from .explanation import Explanation
 from .methods import Method
 from .rules import (
@@ -601,8 +600,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
             keys = list(actual.outputs)
             writable = ref if reference is not None and not reference.shared else None
-            state = [t for _, m in walk(model) for t in itertools.chain(m._parameters.values(), m._buffers.values())]
-            recorder = _Recorder(writable, [baseline, z_ref, x_in] + state)
+            recorder = _Recorder(writable, [baseline, z_ref, x_in] + state_tensors(model))
             for k in keys:
                 recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None, actual.outputs[k] is x_in,
                                actual.nodes.get(k))

@@ -11,14 +11,13 @@ depend on has changed, so each call costs one forward and one backward pass::
 """
 from __future__ import annotations
 
-import itertools
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .api import _check_method, explain, prepare
-from .checks import _check_eval, walk
+from .checks import _check_eval, state_tensors, walk
 from .comparison import Comparison
 from .engine import Reference, exclusive, propagate, reference_pass
 from .explanation import Explanation
@@ -105,8 +104,7 @@ class Explainer:
         """Everything the reference pass depends on; ``alive`` keeps the objects whose ids it holds."""
         model = self.model
         modules = [m for _, m in walk(model)]
-        tensors = [t for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values())
-                   if t is not None]
+        tensors = state_tensors(model)
         given = (id(baseline), baseline._version) if isinstance(baseline, torch.Tensor) else ("value", baseline)
         key = (tuple((id(t), t.data_ptr(), t._version) for t in tensors),
                tuple((id(mod), mod.training, tuple(mod._forward_hooks), tuple(mod._forward_pre_hooks))

@@ -396,11 +396,12 @@ def elementwise_substitute(module, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
         d, scale = _slope_counts(module, x.detach(), x_ref, y.detach(), y_ref, n_steps)
         if scale != 1 and n_steps <= 255 and _integer_counts(module):
             d = d.to(torch.uint8)
-    return substitute(x, y, _times_counts(scale), d)
+    return substitute(x, y, _times_slope(scale), d)
 
 
-def _times_counts(scale: float):
-    """``vjp(g, d) = g ⊙ d · scale`` (byte counts widened first: a mixed-type product is ~6× slower)."""
+def _times_slope(scale: float):
+    """``vjp(g, d) = g ⊙ d · scale``, ``d`` a slope or sample counts (byte counts are widened first: a
+    mixed-type product is ~6× slower)."""
     if scale == 1:
         return lambda g, d: torch.mul(g, d)
     return lambda g, d: (d.to(g.dtype).mul_(g) if d.dtype == torch.uint8 else torch.mul(g, d)).mul_(scale)
@@ -675,38 +676,50 @@ def _steps(choice: str, n_steps):
     return None if choice == "D̄exact" else n_steps
 
 
+def _replacement(rule: Rule, module: nn.Module) -> Optional[str]:
+    """Which replacement ``rule`` makes of this layer (a key of :data:`_READS`), or None (the plain
+    gradient).  Smooth activations and normalisation layers follow ``rule.elementwise``."""
+    kind = layer_kind(module)
+    if kind in ("elementwise", "smooth", "norm"):
+        return kind if rule.elementwise != "D" else None
+    if kind == "maxpool":
+        return {"D": None, "ε": "maxpool ε"}.get(rule.maxpool, "maxpool")
+    if kind == "linear" and rule.linear != "W" and isinstance(module, WEIGHTED if rule.linear == "z+" else MIXING):
+        return "linear " + rule.linear
+    return None
+
+
+#: which of the layer's reference input X̂ and output Ŷ each replacement reads (the smooth secant
+#: reads σ(x̂) = ŷ; a max-pool reads X̂ or its window image)
+_READS = {"elementwise": (True, False), "smooth": (True, True), "norm": (True, False), "maxpool": (True, False),
+          "maxpool ε": (False, True), "linear z+": (True, True), "linear ε": (False, True)}
+
+
 def apply_rule(rule: Rule, module: nn.Module, x, x_ref, y, y_ref, n_steps, pooled=None,
                pooled_ref=None) -> Optional[torch.Tensor]:
     """The replacement output of one layer call under ``rule``, or None for the plain gradient
-    (``pooled``, ``pooled_ref``: :func:`tiled_pool` of a max-pool's input and reference).
-    Smooth activations and normalisation layers follow ``rule.elementwise``."""
-    kind = layer_kind(module)
-    if kind == "elementwise" and rule.elementwise != "D":
+    (``pooled``, ``pooled_ref``: :func:`tiled_pool` of a max-pool's input and reference)."""
+    how = _replacement(rule, module)
+    if how is None:
+        return None
+    if how == "elementwise":
         return elementwise_substitute(module, x, x_ref, y, y_ref, _steps(rule.elementwise, n_steps))
-    if kind == "smooth" and rule.elementwise != "D":
+    if how == "smooth":
         return smooth_substitute(module, x, x_ref, y, y_ref, _steps(rule.elementwise, n_steps))
-    if kind == "norm" and rule.elementwise != "D":
+    if how == "norm":
         return norm_substitute(module, x, x_ref, y, _steps(rule.elementwise, n_steps))
-    if kind == "maxpool" and rule.maxpool == "ε":
+    if how == "maxpool ε":
         return maxpool_epsilon_substitute(rule, module, x, y, y_ref)
-    if kind == "maxpool" and rule.maxpool != "D":
+    if how == "maxpool":
         return maxpool_substitute(module, x, x_ref, y, y_ref, _steps(rule.maxpool, n_steps), pooled, pooled_ref)
-    if kind == "linear" and rule.linear != "W" and isinstance(module, WEIGHTED if rule.linear == "z+" else MIXING):
-        return linear_substitute(rule, module, x, x_ref, y, y_ref)
-    return None
+    return linear_substitute(rule, module, x, x_ref, y, y_ref)
 
 
 def reference_needs(rule: Rule, module: nn.Module) -> Tuple[bool, bool]:
     """Which of the layer's reference input ``X̂`` and output ``Ŷ`` its replacement under ``rule``
     reads (:func:`apply_rule`): the reference pass keeps only these (and the kept layers' ``Ŷ``)."""
-    kind = layer_kind(module)
-    if kind in ("elementwise", "smooth", "norm") and rule.elementwise != "D":
-        return True, kind == "smooth"                # (the smooth secant reads σ(x̂) = ŷ)
-    if kind == "maxpool":
-        return rule.maxpool not in ("D", "ε"), rule.maxpool == "ε"
-    if kind == "linear" and rule.linear != "W" and isinstance(module, WEIGHTED if rule.linear == "z+" else MIXING):
-        return rule.linear == "z+", True
-    return False, False
+    how = _replacement(rule, module)
+    return (False, False) if how is None else _READS[how]
 
 
 def product_rule(rule: Rule, a, b, a_ref, b_ref, n_steps) -> Optional[torch.Tensor]:
@@ -849,7 +862,7 @@ def smooth_substitute(sigma, x, x_ref, y, y_ref, n_steps) -> torch.Tensor:
             x_ref = torch.zeros_like(xd)
             y_ref = _plain(sigma)(x_ref)
         d = smooth_path_slope(sigma, xd, x_ref, yd, y_ref, n_steps)
-    return substitute(x, y, _times_counts(1), d)
+    return substitute(x, y, _times_slope(1), d)
 
 
 # --------------------------------------------------------------------------- products a ⊙ b
@@ -950,11 +963,6 @@ def _path_sum(layer, x, x_ref, g):
     if layout is not None:
         return _norm_path_sum(layout, x, x_ref, g)
     return lambda ts, ws: _layer_path_vjp(layer, x, x_ref, g, ts, ws)
-
-
-def _path_vjp(layer, x, x_ref, g, ts, ws):
-    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` on the nodes ``ts`` with weights ``ws`` (:func:`_path_sum`)."""
-    return _path_sum(layer, x, x_ref, g)(ts, ws)
 
 
 def _layer_path_vjp(layer, x, x_ref, g, ts, ws):
