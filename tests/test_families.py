@@ -445,6 +445,27 @@ def test_exact_smooth_slope_is_the_secant_and_the_midpoint_derivative_where_tiny
     torch.testing.assert_close(got[0], rules._derivative(sigma, (x[0] + x_ref[0]) / 2), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("sigma", [nn.SiLU(), nn.Softplus()], ids=["fused kernel", "autograd"])
+@pytest.mark.parametrize("layout", ["scalar", "channels_last", "transposed"])
+def test_exact_smooth_slope_takes_the_midpoint_derivative_in_any_layout(layout, sigma):
+    """Where σ' replaces the secant (by σ's fused kernel everywhere, or by autograd only there), whatever
+    the strides."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    if layout == "scalar":
+        x = x[0, 0, 0, 0]
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        x = x.transpose(1, 3)
+    x_ref = x + torch.where(torch.rand(x.shape, generator=g) < 0.5, 1e-9, 1.0).to(x.dtype)
+    got = rules.smooth_path_slope(sigma, x, x_ref, sigma(x), sigma(x_ref), None)
+    tiny = (x_ref - x).abs() < 1e-6
+    assert got.shape == x.shape and bool(tiny.any())
+    torch.testing.assert_close(got[tiny], rules._derivative(sigma, (x + x_ref) / 2)[tiny])
+    torch.testing.assert_close(got[~tiny], ((sigma(x) - sigma(x_ref)) / (x - x_ref))[~tiny])
+
+
 @pytest.mark.parametrize("layer,shape", [(nn.LayerNorm(6), (3, 4, 6)), (nn.LayerNorm((4, 6)), (2, 4, 6)),
                                          (LayerNorm2d(5), (2, 5, 3, 3)), (nn.GroupNorm(2, 6), (2, 6, 3, 3)),
                                          (nn.GroupNorm(3, 6, affine=False), (2, 6, 4)),

@@ -120,9 +120,9 @@ def test_elementwise_backward_is_path_slope_times_gradient(act, n):
 
 
 @pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(0.1), nn.SiLU()])
-@pytest.mark.parametrize("n", [3, None])
+@pytest.mark.parametrize("n", [3, 127, 128, None])
 def test_path_slope_is_taken_in_the_forward_pass(act, n):
-    """D̄ is computed from the forward pass's values and kept (counts in one byte for ReLU/ReLU6):
+    """D̄ is computed from the forward pass's values and kept (counts in one byte for ReLU/ReLU6, n ≤ 127):
     an in-place change of the layer's input or of the reference afterwards does not change it."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(4, 6, dtype=torch.float64, generator=g) * 4
@@ -134,8 +134,8 @@ def test_path_slope_is_taken_in_the_forward_pass(act, n):
     sub = rules.smooth_substitute if isinstance(act, nn.SiLU) else rules.elementwise_substitute
     out = sub(act, h, h_ref, act(h), act(h_ref), n)
     saved = out.grad_fn.saved_tensors
-    integer = n is not None and not isinstance(act, (nn.LeakyReLU, nn.SiLU))
-    assert [t.dtype for t in saved] == [torch.uint8 if integer else torch.float64]
+    integer = n is not None and n <= 127 and not isinstance(act, (nn.LeakyReLU, nn.SiLU))
+    assert [t.dtype for t in saved] == [torch.int8 if integer else torch.float64]
     with torch.no_grad():
         h.add_(1.0)
         h_ref.mul_(-2.0)
