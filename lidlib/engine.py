@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .checks import _check_eval, state_tensors, walk, walking
+from .checks import _check_eval, walk, walking
 from .explanation import Explanation
 from .methods import Method
 from .rules import (
@@ -359,7 +359,9 @@ class _Pass:
         rule = method.rule if method is not None else rule
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
         self.calls = {}
-        self.outputs = OrderedDict()      # key -> output tensor, in order of completion (kept keys)
+        self.input = None                 # the actual pass's input tensor (set by propagate)
+        self.outputs = OrderedDict()      # key -> Ŷ (reference), ΔY or Y (actual pass), in order of completion
+        self.from_input = set()           # kept keys whose output is the input tensor itself
         self.held = set()                 # the keys of outputs the recorder reads (kept, or a kept container's)
         self._first = {}                  # id(output tensor) -> (first key that produced it, weakref, version)
         self.inputs = {}                  # key -> input tensor X̂ a rule reads (reference pass)
@@ -397,7 +399,8 @@ class _Pass:
             if same is not None:          # a container handing on its last child's tensor
                 self.aliases[key] = same
                 if self._kept(key):
-                    self.outputs.setdefault(same, output)
+                    if same not in self.outputs:
+                        self._record(same, output)
                     self.held.add(same)
                 return None
         pooled, self._pooled_now = self._pooled_now, None
@@ -421,8 +424,7 @@ class _Pass:
             if new is not None:
                 output = new
         if self._kept(key):
-            self.outputs[key] = output
-            self.held.add(key)
+            self._record(key, output)
         elif self.method is None and needs_y:
             self.outputs[key] = output
         if id(output) not in self._first or self._same(output) is None:
@@ -430,6 +432,22 @@ class _Pass:
         if output.grad_fn is not None:
             self.nodes[key] = (output.grad_fn, output.output_nr)
         return output
+
+    def _record(self, key, output) -> None:
+        """Keep what is read of a kept layer's output: Ŷ^l in the reference pass; in an increment
+        method's actual pass the increment ``ΔY^l = Y^l − Ŷ^l``, taken now, so that neither ``Y^l``
+        (left to autograd) nor ``Ŷ^l`` (a reference used once gives it up) is held for the recorder;
+        ``Y^l`` without increment."""
+        self.held.add(key)
+        if output is self.input:
+            self.from_input.add(key)
+        ref = self.reference
+        if self.method is None or ref is None:
+            self.outputs[key] = output
+            return
+        y_ref = ref.outputs.get(key) if ref.shared else ref.outputs.pop(key)
+        with torch._C.DisableTorchFunction():      # (lidlib's arithmetic, not the model's forward code)
+            self.outputs[key] = torch.sub(output.detach(), y_ref)
 
     # ----------------------------------------------------------------- forward code outside layers
     def _caller_name(self, caller) -> str:
@@ -537,9 +555,8 @@ class Reference:
     and the reference logits ``Ẑ``, for a baseline already checked
     by :func:`lidlib.explain` (batch 1: one reference for every sample; or one per sample).
 
-    ``shared=False``: used by one call only, which gives up each tensor once read and whose recorder
-    may write relevances into its buffers.  ``shared=True``: kept for reuse (:class:`lidlib.Explainer`)
-    — nothing writes into it."""
+    ``shared=False``: used by one call only, which gives up each tensor once read.  ``shared=True``:
+    kept for reuse (:class:`lidlib.Explainer`) — only read, never written or emptied."""
 
     def __init__(self, pass_: "_Pass", z_ref: torch.Tensor, baseline: torch.Tensor, shared: bool):
         self.pass_, self.z_ref, self.baseline, self.shared = pass_, z_ref, baseline, shared
@@ -593,23 +610,21 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     with patched(model, _pool_forwards(actual, method)) as handles:
         handles += _install(model, _shape_check(names, x.shape), actual, guard)
         with torch.enable_grad():
-            x_in = x.detach().clone().requires_grad_(True)
+            x_in = actual.input = x.detach().clone().requires_grad_(True)
             with guard:
                 z = model(x_in)
             _check_logits(z, target, x)
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
             keys = list(actual.outputs)
-            writable = ref if reference is not None and not reference.shared else None
-            recorder = _Recorder(writable, [baseline, z_ref, x_in] + state_tensors(model))
-            for k in keys:
-                recorder.watch(k, actual.outputs[k], ref.outputs[k] if ref else None, actual.outputs[k] is x_in,
-                               actual.nodes.get(k))
+            recorder = _Recorder()
+            for k in keys:        # ΔY^l (the recorder's own) or, without increment, Y^l (the model's)
+                recorder.watch(k, actual.outputs[k], ref is not None, k in actual.from_input, actual.nodes.get(k))
             aliases = actual.aliases
             actual = _release(actual)                    # what the backward pass needs is held by autograd
             if reference is not None and not reference.shared:
                 reference = ref = _release(ref)          # and by the recorder
             (g_in,) = torch.autograd.grad(z, x_in, grad_outputs=g_top, allow_unused=True)
-    relevance = OrderedDict(input=recorder.product(x_in.detach(), g_in, baseline))   # the baseline is protected
+    relevance = OrderedDict(input=_product(x_in.detach(), g_in, baseline))
     for k in keys:
         relevance[k] = recorder.result(k, relevance["input"])
     return Explanation(relevance, r_top, method, target, z.detach(),
@@ -622,56 +637,43 @@ class _Recorder:
     the backward pass.
 
     Right after the autograd node that produced ``Y^l`` has run, the signal ``g`` at ``Y^l`` is
-    final and nothing reads the reference ``Ŷ^l`` any more (the layers above, and the layer's own
-    path average, are done), so the product is written into ``Ŷ^l``'s buffer — unless another
-    tensor shares that memory — and ``g`` is released, as in a plain gradient: recording every
-    layer keeps no gradients alive and allocates little."""
+    final: the product is taken then and ``g`` released, as in a plain gradient.  ``ΔY^l`` was taken
+    in the forward pass (:meth:`_Pass._record`) and is the recorder's own, so the product is written
+    into it: recording every layer keeps no gradients alive and allocates nothing more."""
 
-    def __init__(self, reference: Optional[_Pass], protected):
-        self.users = {}                                  # storage -> the layers (or tensors) using it
-        outputs = list(reference.outputs.items()) if reference else []
-        seen = {id(t) for _, t in outputs}
-        users = outputs + [(id(t), t) for t in (reference.inputs.values() if reference else ()) if id(t) not in seen]
-        for user, t in users:
-            self.users.setdefault(_storage(t), set()).add(user)
-        self.protected = {_storage(t) for t in protected if isinstance(t, torch.Tensor)}   # never written
+    def __init__(self):
         self.relevance = {}
-        self.pending = {}                                # key -> (Y^l, Ŷ^l, is the input) until its product
+        self.pending = {}                                # key -> (ΔY^l or Y^l, own, is the input)
 
-    def product(self, t: torch.Tensor, g: Optional[torch.Tensor], ref: Optional[torch.Tensor]):
-        if g is None:                                    # the layer does not reach the logits
-            return torch.zeros_like(t if ref is None else t - ref)
-        if ref is None:
-            return g * t
-        storage = _storage(ref)
-        own = (storage not in self.protected and len(self.users.get(storage, ())) == 1
-               and ref.shape == t.shape and ref.dtype == t.dtype and ref.is_contiguous())
-        return torch.sub(t, ref, out=ref if own else None).mul_(g)
-
-    def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor], is_input: bool = False,
-              node=None) -> None:
-        """Compute ``key``'s relevance when the backward pass reaches ``t``; until then the recorder
-        holds ``t`` and ``ref``, and releases them as soon as the product is taken.  ``node``:
-        ``(autograd node, output index)`` that produced ``t`` when it was recorded (``t`` itself may be
-        a copy of a tensor modified in place later); default ``t``'s own."""
-        self.pending[key] = (t.detach(), ref, is_input)
-        node, nr = node if node is not None else (t.grad_fn, t.output_nr)
+    def watch(self, key: str, t: torch.Tensor, own: bool, is_input: bool = False, node=None) -> None:
+        """Compute ``key``'s relevance when the backward pass reaches ``node``, the ``(autograd node,
+        output index)`` that produced the layer's output (None: it does not depend on the input);
+        until then the recorder holds ``t``, the increment ``ΔY^l`` (``own``) or ``Y^l``."""
+        self.pending[key] = (t.detach(), own, is_input)
         if node is None:
             return
+        node, nr = node
 
         def post(grad_inputs, grad_outputs):
             g = grad_outputs[nr]
             if g is not None and key in self.pending:
-                td, r, _ = self.pending.pop(key)
-                self.relevance[key] = self.product(td, g, r)
+                td, mine, _ = self.pending.pop(key)
+                self.relevance[key] = td.mul_(g) if mine else g * td
         node.register_hook(post)
 
     def result(self, key: str, input_relevance: torch.Tensor) -> torch.Tensor:
         """``key``'s relevance after the backward pass (0 where the layer does not reach the logits)."""
         if key in self.relevance:
             return self.relevance[key]
-        t, ref, is_input = self.pending.pop(key)
-        return input_relevance if is_input else self.product(t, None, ref)   # e.g. an Identity first layer
+        t, _, is_input = self.pending.pop(key)
+        return input_relevance if is_input else torch.zeros_like(t)   # e.g. an Identity first layer
+
+
+def _product(t: torch.Tensor, g: Optional[torch.Tensor], ref: Optional[torch.Tensor]) -> torch.Tensor:
+    """The input's relevance ``g ⊙ (X − X̂)`` (``g ⊙ X`` without a reference; 0 without a signal)."""
+    if g is None:
+        return torch.zeros_like(t if ref is None else t - ref)
+    return g * t if ref is None else torch.sub(t, ref).mul_(g)
 
 
 def _release(p: "_Pass") -> None:
@@ -681,10 +683,6 @@ def _release(p: "_Pass") -> None:
     p.pooled.clear()
     p.functional.clear()
     return None
-
-
-def _storage(t) -> int:
-    return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else 0
 
 
 def _check_logits(z, target, x):

@@ -214,8 +214,8 @@ def _same_object():
 @pytest.mark.parametrize("method", ["LID-Taylor", "LRP-0"])
 def test_relevance_is_recorded_correctly_when_layer_outputs_share_memory(method, build):
     """R(Y^l) = g ⊙ ΔY^l (or g ⊙ Y^l) at every layer, computed here by plain autograd, even though
-    the engine writes relevances into buffers it owns: layers sharing memory must not corrupt each
-    other, and the caller's baseline and the reference logits stay intact."""
+    the engine writes relevances into the increments it took: layers sharing memory must not corrupt
+    each other, and the caller's baseline and the reference logits stay intact."""
     model = build().eval().double()
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
     base = torch.randn(2, 2, 4, 4, dtype=torch.float64)
