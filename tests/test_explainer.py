@@ -110,6 +110,42 @@ def test_kept_containers_and_leaves_give_the_relevance_of_every_layer(method):
             torch.testing.assert_close(e.input, full.input, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("through", ["explain", "Explainer"])
+def test_with_every_layer_kept_the_backward_pass_finds_neither_y_nor_its_reference_held(through):
+    """The recorder holds ΔY^l = Y^l − Ŷ^l, taken in the forward pass, not Y^l and Ŷ^l: when the
+    backward pass starts, a conv's output (which no rule saves: the ReLU after it keeps byte counts)
+    is gone, and so is its reference output (given up once read; an Explainer's cache is not seen
+    here, its second call runs no reference pass)."""
+    import weakref
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(192, 4)).double().eval()
+    seen, alive = [], []
+
+    def remember(module, args, out):         # (the user's hook runs before lidlib's: the plain output)
+        seen.append(weakref.ref(out.untyped_storage()))   # (alive while any tensor uses the memory)
+
+    def look(g):                             # the first step of the backward pass
+        alive.extend(r() is not None for r in seen)
+
+    def at_backward(module, args, out):
+        if out.requires_grad:
+            out.register_hook(look)
+
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=3, baseline=0.2)
+    handles = [model[0].register_forward_hook(remember), model[3].register_forward_hook(at_backward)]
+    try:
+        if through == "Explainer":
+            explainer(X, T)
+            seen.clear(), alive.clear()
+        e = explainer(X, T) if through == "Explainer" else lidlib.explain(model, X, T, "SIG-LID-IG", n_steps=3,
+                                                                         baseline=0.2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert alive == ([False, False] if through == "explain" else [False])      # (Ŷ, Y) / (Y)
+    _same(e, lidlib.explain(model, X, T, "SIG-LID-IG", n_steps=3, baseline=0.2))
+
+
 def _check_invalidated(model, explainer, change, **kw):
     explainer(X, T)
     n = explainer.reference_passes
