@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -100,11 +101,14 @@ def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate layers in {names}")
     cap = _Capture(names)
+    owner = threading.get_ident()
     with patched(model) as handles:
         try:
             handles += shape_hooks(model)
             for name, m in resolved:
                 def hook(_module, _inputs, output, _name=name):
+                    if threading.get_ident() != owner:      # another thread running the model meanwhile
+                        return None
                     if not isinstance(output, torch.Tensor):
                         raise TypeError(f"layer {_name!r} returns {type(output).__name__}, not a tensor")
                     cap.outputs[_name].append(output)

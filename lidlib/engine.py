@@ -199,8 +199,10 @@ def exclusive(model: nn.Module):
     different models run in parallel.  The lock is re-entrant, so lidlib's own entry points can call
     each other; but an explanation that this thread starts while lidlib's hooks are on the model (from
     a user's hook inside the model's forward or backward pass) raises :data:`REENTRY` instead of
-    silently mixing two explanations.  Not covered: a plain ``model(x)`` of the user's in another
-    thread during an explanation (it would see the hooks), and two models sharing submodules."""
+    silently mixing two explanations.  lidlib's hooks and rerouted forwards act only in the thread of
+    the explanation, so a plain ``model(x)`` of the user's in another thread meanwhile runs the model
+    as it is (with its in-place flags off: the same values).  Not covered: two models sharing
+    submodules, explained at the same time."""
     state = _model_state(model)
     with state.lock:
         if state.hooked:
@@ -250,14 +252,20 @@ def patched(model: nn.Module, forwards=None):
         forwards = {m: f for m, f in (forwards or {}).items() if "forward" not in vars(m)}
         handles = []
         try:
+            owner = threading.get_ident()
             for m, f in forwards.items():
-                m.forward = f
+                m.forward = _in_thread(owner, f, type(m).forward.__get__(m))
             yield handles
         finally:
             for h in handles:
                 h.remove()
             for m in forwards:
                 vars(m).pop("forward", None)
+
+
+def _in_thread(owner: int, f, otherwise):
+    """``f`` in the thread ``owner`` (the explanation's), ``otherwise`` in any other."""
+    return lambda *args, **kwargs: (f if threading.get_ident() == owner else otherwise)(*args, **kwargs)
 
 
 _CHECKED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -300,21 +308,25 @@ def _install(model: nn.Module, check=None, pass_: Optional["_Pass"] = None, guar
     Two global module hooks (:func:`torch.nn.modules.module.register_module_forward_hook`) that act
     only on this model's modules, instead of hundreds of per-module hooks whose registration alone
     costs more than a small network's forward pass.  A module that carries hooks of its own gets
-    lidlib's as per-module hooks, registered after the user's and so run after them, as before."""
+    lidlib's as per-module hooks, registered after the user's and so run after them, as before.
+    All of them act only in this thread: another thread running the model meanwhile is left alone."""
     checked = {m for _, m in walk(model) if isinstance(m, _CHECKED)} if check is not None else set()
     hooked_ = set(pass_.names) if pass_ is not None else set()
     if guard is not None:
         guard.start(pass_)
     own = {m for m in checked | hooked_ if m._forward_hooks or m._forward_pre_hooks}
+    owner = threading.get_ident()
 
     def pre(module, args):
+        if threading.get_ident() != owner:
+            return
         if guard is not None and module in hooked_:
             guard.enter(module, args)     # (first: inside a layer, the check's tensor calls pass straight)
         if module in checked:
             check(module, args)
 
     def post(module, args, output):
-        if module in hooked_:
+        if module in hooked_ and threading.get_ident() == owner:
             out = pass_.hook(module, args, output)
             guard.leave(module, args, output)
             return out

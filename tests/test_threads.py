@@ -140,3 +140,38 @@ def test_different_models_run_in_parallel():
     assert met
     for want, got in zip(expected, results):
         _same(got, want)
+
+
+@pytest.mark.parametrize("method", ["SIG-LID-IG", "LID-Taylor", "LRP-0", "GradCAM"])
+@pytest.mark.parametrize("hooked_layer", ["3", "9"])
+def test_the_model_run_by_another_thread_during_an_explanation_is_the_plain_model(method, hooked_layer):
+    """While one thread explains, another runs the model itself (forward and gradient): it gets the
+    plain model's logits and input gradient bit for bit — lidlib's hooks, its rerouted max-pool
+    forward and the CAM capture act only in the explaining thread — and the explanation equals one
+    made alone.  The other thread runs to completion inside the explanation (from a user's hook)."""
+    model = toy.cnn(in_channels=2, size=8, classes=4, seed=1).double()
+    (x, t), (x2, _) = _inputs(2)
+    kw = dict(layers=LAYERS.get(method), baseline=0.2, n_steps=3)
+
+    def plain(inp):
+        inp = inp.clone().requires_grad_(True)
+        z = model(inp)
+        return z.detach(), torch.autograd.grad(z[:, 1].sum(), inp)[0]
+    alone, expected = lidlib.explain(model, x, t, method, **kw), plain(x2)
+    before = _state(model)
+    explaining, seen = threading.get_ident(), {}
+
+    def meanwhile(module, args, out):
+        if threading.get_ident() == explaining and not seen:
+            other = threading.Thread(target=lambda: seen.setdefault("plain", plain(x2)))
+            other.start()
+            other.join(timeout=60)
+    handle = model[int(hooked_layer)].register_forward_hook(meanwhile)
+    try:
+        e = lidlib.explain(model, x, t, method, **kw)
+    finally:
+        handle.remove()
+    z, g = seen["plain"]
+    assert torch.equal(z, expected[0]) and torch.equal(g, expected[1])
+    _same(e, alone)
+    _assert_same(before, _state(model))
