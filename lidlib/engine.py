@@ -201,8 +201,8 @@ def exclusive(model: nn.Module):
     a user's hook inside the model's forward or backward pass) raises :data:`REENTRY` instead of
     silently mixing two explanations.  lidlib's hooks and rerouted forwards act only in the thread of
     the explanation, so a plain ``model(x)`` of the user's in another thread meanwhile runs the model
-    as it is (with its in-place flags off: the same values).  Not covered: two models sharing
-    submodules, explained at the same time."""
+    as it is (with its in-place flags off: the same values); a layer shared by two models explained at
+    the same time keeps its in-place flag off until both are done (:func:`inplace_off`)."""
     state = _model_state(model)
     with state.lock:
         if state.hooked:
@@ -222,25 +222,43 @@ def hooked(model: nn.Module):
             state.hooked = False
 
 
+#: the layers whose in-place flag explanations have switched off: module -> [how many explanations use
+#: it now, whether the flag was an instance attribute, its value] (a layer may be shared by two models)
+_SWITCHED: dict = {}
+_SWITCHED_LOCK = threading.Lock()
+
+
 @contextmanager
 def inplace_off(model: nn.Module):
     """Switch off every truthy ``inplace`` flag (``True``, ``1``, …) for the duration and restore each
     exactly: an instance attribute gets its old value back, a flag that was a class attribute leaves
-    no instance attribute behind."""
-    flags = []
+    no instance attribute behind.  A layer shared by models explained at the same time (in several
+    threads) is switched off by the first explanation and restored by the last."""
+    mine = []
     try:
-        for _, m in walk(model):
-            v = vars(m).get("inplace", getattr(type(m), "inplace", None))     # (not Module.__getattr__: slow)
-            if v is not None and not isinstance(v, torch.Tensor) and bool(v):
-                flags.append((m, "inplace" in vars(m), v))
-                m.inplace = False
+        with _SWITCHED_LOCK:
+            for _, m in walk(model):
+                entry = _SWITCHED.get(m)
+                if entry is None:
+                    v = vars(m).get("inplace", getattr(type(m), "inplace", None))   # (not Module.__getattr__: slow)
+                    if v is None or isinstance(v, torch.Tensor) or not bool(v):
+                        continue
+                    entry = _SWITCHED[m] = [0, "inplace" in vars(m), v]
+                    m.inplace = False
+                entry[0] += 1
+                mine.append(m)
         yield
     finally:
-        for m, own, v in reversed(flags):
-            if own:
-                m.inplace = v
-            else:
-                vars(m).pop("inplace", None)
+        with _SWITCHED_LOCK:
+            for m in reversed(mine):
+                entry = _SWITCHED[m]
+                entry[0] -= 1
+                if entry[0] == 0:
+                    del _SWITCHED[m]
+                    if entry[1]:
+                        m.inplace = entry[2]
+                    else:
+                        vars(m).pop("inplace", None)
 
 
 @contextmanager

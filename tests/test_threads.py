@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 from test_reliability import _assert_same, _inplace_cnn, _state
+from torch import nn
 
 import lidlib
 from lidlib import toy
@@ -175,3 +176,42 @@ def test_the_model_run_by_another_thread_during_an_explanation_is_the_plain_mode
     assert torch.equal(z, expected[0]) and torch.equal(g, expected[1])
     _same(e, alone)
     _assert_same(before, _state(model))
+
+
+@pytest.mark.parametrize("method", ["SIG-LID-IG", "LRP-0"])
+def test_two_models_sharing_an_inplace_layer_explained_at_once(method):
+    """Two models share an in-place ReLU; B's explanation starts while A's runs and goes on after A's
+    has ended: the flag stays off until the last explanation using the layer ends (else A would switch
+    it back on under B, whose ReLU would then overwrite its own input), both equal sequential calls,
+    and the flag is restored afterwards."""
+    torch.manual_seed(3)
+    shared = nn.ReLU(inplace=True)
+    a = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), shared, nn.Flatten(), nn.Linear(192, 4)).double().eval()
+    b = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), shared, nn.Flatten(), nn.Linear(192, 4)).double().eval()
+    (x, t), = _inputs(1)
+    kw = dict(baseline=0.2, n_steps=3)
+    want_a, want_b = lidlib.explain(a, x, t, method, **kw), lidlib.explain(b, x, t, method, **kw)
+    b_inside, a_done, got = threading.Event(), threading.Event(), {}
+
+    def b_waits(module, args, out):             # inside B's explanation: wait until A's has ended
+        if not b_inside.is_set():
+            b_inside.set()
+            a_done.wait(timeout=60)
+
+    def a_starts_b(module, args, out):          # inside A's explanation: start B's, and let A go on
+        if "thread" not in got:
+            got["thread"] = threading.Thread(target=lambda: got.setdefault("b", lidlib.explain(b, x, t, method, **kw)))
+            got["thread"].start()
+            b_inside.wait(timeout=60)
+    handles = [b[0].register_forward_hook(b_waits), a[0].register_forward_hook(a_starts_b)]
+    try:
+        got["a"] = lidlib.explain(a, x, t, method, **kw)
+        a_done.set()
+        got["thread"].join(timeout=60)
+    finally:
+        a_done.set()
+        for h in handles:
+            h.remove()
+    _same(got["a"], want_a)
+    _same(got["b"], want_b)
+    assert vars(shared)["inplace"] is True
