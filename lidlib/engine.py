@@ -475,7 +475,11 @@ class _Pass:
         if self.method is None or ref is None:
             self.outputs[key] = output
             return
-        y_ref = ref.outputs.get(key) if ref.shared else ref.outputs.pop(key)
+        y_ref = ref.outputs.get(key) if ref.shared else ref.outputs.pop(key, None)
+        if y_ref is None:
+            raise ValueError(f"layer {key!r} ran on X but not on the reference X̂: the model's forward code takes a "
+                             "different path for the input than for the baseline; lidlib needs the same computation "
+                             "for both (remove the input-dependent branch, or explain the layers both paths share)")
         with torch._C.DisableTorchFunction():      # (lidlib's arithmetic, not the model's forward code)
             self.outputs[key] = torch.sub(output.detach(), y_ref)
 

@@ -471,3 +471,32 @@ def test_n_steps_is_ignored_by_methods_that_sample_no_path():
     for method in ("LID-IG", "SIG-LID-Taylor", "SIG-LRP-0", "IG"):
         with pytest.raises(ValueError, match="n_steps"):
             lidlib.explain(model, X, 0, method, n_steps=0, layers=["5"] if method == "IG" else None)
+
+
+class _Branching(nn.Module):
+    """A forward that takes a layer on every second call only, as an input-dependent branch would take
+    it for the input and not for the baseline (the reference pass runs first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.extra, self.last = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.first(x)
+        if self.calls % 2 == 0:
+            h = self.extra(h)
+        return self.last(h)
+
+
+@pytest.mark.parametrize("through", ["explain", "Explainer"])
+def test_a_layer_run_on_the_input_but_not_on_the_reference_is_named(through):
+    model = _Branching().double().eval()
+    before = _state(model)
+    x = torch.ones(1, 4, dtype=torch.float64)
+    run = (lidlib.Explainer(model, "LID-IG", baseline=0.0) if through == "Explainer"
+           else lambda x, t: lidlib.explain(model, x, t, "LID-IG", baseline=0.0))
+    with pytest.raises(ValueError, match="layer 'extra' ran on X but not on the reference"):
+        run(x, 0)
+    _assert_same(before, _state(model))
