@@ -390,7 +390,7 @@ class _Pass:
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
         self.calls = {}
         self.input = None                 # the actual pass's input tensor (set by propagate)
-        self.outputs = OrderedDict()      # key -> Ŷ (reference), ΔY or Y (actual pass), in order of completion
+        self.outputs = OrderedDict()      # key -> Ŷ (reference) or _record's triple (actual), in order of completion
         self.from_input = set()           # kept keys whose output is the input tensor itself
         self.held = set()                 # the keys of outputs the recorder reads (kept, or a kept container's)
         self._first = {}                  # id(output tensor) -> (first key that produced it, weakref, version)
@@ -464,24 +464,32 @@ class _Pass:
         return output
 
     def _record(self, key, output) -> None:
-        """Keep what is read of a kept layer's output: Ŷ^l in the reference pass; in an increment
-        method's actual pass the increment ``ΔY^l = Y^l − Ŷ^l``, taken now, so that neither ``Y^l``
-        (left to autograd) nor ``Ŷ^l`` (a reference used once gives it up) is held for the recorder;
-        ``Y^l`` without increment."""
+        """Keep what is read of a kept layer's output: Ŷ^l in the reference pass, and in the actual
+        pass what the recorder multiplies by g, and whether it may write into it: ``(Y^l, None,
+        False)`` without increment; the increment ``(ΔY^l, None, True)``, taken now, where a
+        reference used once has a Ŷ^l the size of Y^l (it is given up, and Y^l is left to autograd:
+        one tensor held instead of two); else ``(Y^l, Ŷ^l, False)`` (a batch-1 Ŷ^l is smaller than
+        ΔY^l, and autograd often holds Y^l anyway)."""
         self.held.add(key)
         if output is self.input:
             self.from_input.add(key)
         ref = self.reference
-        if self.method is None or ref is None:
+        if self.method is None:
             self.outputs[key] = output
+            return
+        if ref is None:
+            self.outputs[key] = (output, None, False)
             return
         y_ref = ref.outputs.get(key) if ref.shared else ref.outputs.pop(key, None)
         if y_ref is None:
             raise ValueError(f"layer {key!r} ran on X but not on the reference X̂: the model's forward code takes a "
                              "different path for the input than for the baseline; lidlib needs the same computation "
                              "for both (remove the input-dependent branch, or explain the layers both paths share)")
+        if ref.shared or y_ref.shape != output.shape:
+            self.outputs[key] = (output, y_ref, False)
+            return
         with torch._C.DisableTorchFunction():      # (lidlib's arithmetic, not the model's forward code)
-            self.outputs[key] = torch.sub(output.detach(), y_ref)
+            self.outputs[key] = (torch.sub(output.detach(), y_ref), None, True)
 
     # ----------------------------------------------------------------- forward code outside layers
     def _caller_name(self, caller) -> str:
@@ -651,8 +659,8 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
             g_top, r_top = top_relevance(method.top, z.detach(), z_ref, target, n_steps, method.rule.eps)
             keys = list(actual.outputs)
             recorder = _Recorder()
-            for k in keys:        # ΔY^l (the recorder's own) or, without increment, Y^l (the model's)
-                recorder.watch(k, actual.outputs[k], ref is not None, k in actual.from_input, actual.nodes.get(k))
+            for k in keys:
+                recorder.watch(k, *actual.outputs[k], k in actual.from_input, actual.nodes.get(k))
             aliases = actual.aliases
             actual = _release(actual)                    # what the backward pass needs is held by autograd
             if reference is not None and not reference.shared:
@@ -671,19 +679,21 @@ class _Recorder:
     the backward pass.
 
     Right after the autograd node that produced ``Y^l`` has run, the signal ``g`` at ``Y^l`` is
-    final: the product is taken then and ``g`` released, as in a plain gradient.  ``ΔY^l`` was taken
-    in the forward pass (:meth:`_Pass._record`) and is the recorder's own, so the product is written
-    into it: recording every layer keeps no gradients alive and allocates nothing more."""
+    final: the product is taken then and ``g`` released, as in a plain gradient, so recording every
+    layer keeps no gradients alive.  An increment ``ΔY^l`` taken in the forward pass
+    (:meth:`_Pass._record`) is the recorder's own, and the product is written into it."""
 
     def __init__(self):
         self.relevance = {}
-        self.pending = {}                                # key -> (ΔY^l or Y^l, own, is the input)
+        self.pending = {}                                # key -> (ΔY^l or Y^l, Ŷ^l or None, is the input)
 
-    def watch(self, key: str, t: torch.Tensor, own: bool, is_input: bool = False, node=None) -> None:
+    def watch(self, key: str, t: torch.Tensor, ref: Optional[torch.Tensor], own: bool, is_input: bool = False,
+              node=None) -> None:
         """Compute ``key``'s relevance when the backward pass reaches ``node``, the ``(autograd node,
         output index)`` that produced the layer's output (None: it does not depend on the input);
-        until then the recorder holds ``t``, the increment ``ΔY^l`` (``own``) or ``Y^l``."""
-        self.pending[key] = (t.detach(), own, is_input)
+        until then the recorder holds ``t`` and ``ref``: ``(Y^l, Ŷ^l)``, the increment
+        ``(ΔY^l, None)`` (``own``: the product is written into it), or ``(Y^l, None)`` without increment."""
+        self.pending[key] = (t.detach(), ref, is_input)
         if node is None:
             return
         node, nr = node
@@ -691,20 +701,20 @@ class _Recorder:
         def post(grad_inputs, grad_outputs):
             g = grad_outputs[nr]
             if g is not None and key in self.pending:
-                td, mine, _ = self.pending.pop(key)
-                self.relevance[key] = td.mul_(g) if mine else g * td
+                td, r, _ = self.pending.pop(key)
+                self.relevance[key] = td.mul_(g) if own else _product(td, g, r)
         node.register_hook(post)
 
     def result(self, key: str, input_relevance: torch.Tensor) -> torch.Tensor:
         """``key``'s relevance after the backward pass (0 where the layer does not reach the logits)."""
         if key in self.relevance:
             return self.relevance[key]
-        t, _, is_input = self.pending.pop(key)
-        return input_relevance if is_input else torch.zeros_like(t)   # e.g. an Identity first layer
+        t, ref, is_input = self.pending.pop(key)
+        return input_relevance if is_input else _product(t, None, ref)   # e.g. an Identity first layer
 
 
 def _product(t: torch.Tensor, g: Optional[torch.Tensor], ref: Optional[torch.Tensor]) -> torch.Tensor:
-    """The input's relevance ``g ⊙ (X − X̂)`` (``g ⊙ X`` without a reference; 0 without a signal)."""
+    """A relevance ``g ⊙ (Y − Ŷ)`` (``g ⊙ Y`` without a reference; 0 without a signal)."""
     if g is None:
         return torch.zeros_like(t if ref is None else t - ref)
     return g * t if ref is None else torch.sub(t, ref).mul_(g)

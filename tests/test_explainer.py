@@ -110,15 +110,18 @@ def test_kept_containers_and_leaves_give_the_relevance_of_every_layer(method):
             torch.testing.assert_close(e.input, full.input, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("through", ["explain", "Explainer"])
-def test_with_every_layer_kept_the_backward_pass_finds_neither_y_nor_its_reference_held(through):
-    """The recorder holds ΔY^l = Y^l − Ŷ^l, taken in the forward pass, not Y^l and Ŷ^l: when the
-    backward pass starts, a conv's output (which no rule saves: the ReLU after it keeps byte counts)
-    is gone, and so is its reference output (given up once read; an Explainer's cache is not seen
-    here, its second call runs no reference pass)."""
+@pytest.mark.parametrize("case", ["batch 1", "per-sample reference", "batch 3, one reference", "Explainer"])
+def test_what_the_backward_pass_finds_held_of_a_kept_layer(case):
+    """Where a reference used once has Ŷ^l the size of Y^l (batch 1, or one reference per sample), the
+    recorder holds only ΔY^l = Y^l − Ŷ^l, taken in the forward pass: when the backward pass starts, a
+    conv's output (which no rule saves: the ReLU after it keeps byte counts) and its reference output
+    are gone.  A batch-1 reference for a batch of 3, and an Explainer's cache, keep (Y^l, Ŷ^l): a ΔY^l
+    would be a batch-sized tensor more where autograd often holds Y^l anyway.  The relevance is the same."""
     import weakref
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(192, 4)).double().eval()
+    x, t = (X[:1], T[:1]) if case == "batch 1" else (X, T)
+    base = torch.randn_like(X) if case == "per-sample reference" else 0.2
     seen, alive = [], []
 
     def remember(module, args, out):         # (the user's hook runs before lidlib's: the plain output)
@@ -131,20 +134,21 @@ def test_with_every_layer_kept_the_backward_pass_finds_neither_y_nor_its_referen
         if out.requires_grad:
             out.register_hook(look)
 
-    explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=3, baseline=0.2)
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=3, baseline=base)
     handles = [model[0].register_forward_hook(remember), model[3].register_forward_hook(at_backward)]
     try:
-        if through == "Explainer":
-            explainer(X, T)
-            seen.clear(), alive.clear()
-        e = explainer(X, T) if through == "Explainer" else lidlib.explain(model, X, T, "SIG-LID-IG", n_steps=3,
-                                                                         baseline=0.2)
+        if case == "Explainer":
+            explainer(x, t)
+            seen.clear(), alive.clear()      # (the second call runs no reference pass)
+        e = explainer(x, t) if case == "Explainer" else lidlib.explain(model, x, t, "SIG-LID-IG", n_steps=3,
+                                                                      baseline=base)
     finally:
         for h in handles:
             h.remove()
-    assert alive == ([False, False] if through == "explain" else [False])      # (Ŷ, Y) / (Y)
-    _same(e, lidlib.explain(model, X, T, "SIG-LID-IG", n_steps=3, baseline=0.2))
-
+    held = {"batch 1": [False, False], "per-sample reference": [False, False],          # (Ŷ, Y)
+            "batch 3, one reference": [True, True], "Explainer": [True]}[case]         # (Ŷ, Y) / (Y)
+    assert alive == held
+    _same(e, lidlib.explain(model, x, t, "SIG-LID-IG", n_steps=3, baseline=base))
 
 def _check_invalidated(model, explainer, change, **kw):
     explainer(X, T)
