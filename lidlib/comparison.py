@@ -92,7 +92,7 @@ def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
     later in-place operation (a functional ReLU, ``out += identity`` in a ResNet) can overwrite the
     stored values or re-base their autograd history; ``∂Z/∂h`` is then taken w.r.t. ``h`` itself.
     """
-    from .engine import patched, shape_hooks  # here, not at the top: engine -> methods -> comparison
+    from .engine import _in_thread, patched, shape_hooks  # here, not at the top: engine -> methods -> comparison
 
     _check_eval(model)
     _check_logits_model(model)
@@ -101,19 +101,17 @@ def _prepared(model: nn.Module, layers: Sequence[Layer]) -> Iterator[_Capture]:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate layers in {names}")
     cap = _Capture(names)
-    owner = threading.get_ident()
+    owner = threading.get_ident()           # (the capture ignores another thread running the model meanwhile)
     with patched(model) as handles:
         try:
             handles += shape_hooks(model)
             for name, m in resolved:
                 def hook(_module, _inputs, output, _name=name):
-                    if threading.get_ident() != owner:      # another thread running the model meanwhile
-                        return None
                     if not isinstance(output, torch.Tensor):
                         raise TypeError(f"layer {_name!r} returns {type(output).__name__}, not a tensor")
                     cap.outputs[_name].append(output)
                     return output.clone()
-                handles.append(m.register_forward_hook(hook))
+                handles.append(m.register_forward_hook(_in_thread(owner, hook)))
             yield cap
         finally:
             cap.clear()

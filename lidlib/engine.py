@@ -281,8 +281,9 @@ def patched(model: nn.Module, forwards=None):
                 vars(m).pop("forward", None)
 
 
-def _in_thread(owner: int, f, otherwise):
-    """``f`` in the thread ``owner`` (the explanation's), ``otherwise`` in any other."""
+def _in_thread(owner: int, f, otherwise=lambda *args, **kwargs: None):
+    """``f`` in the thread ``owner`` (the explanation's), ``otherwise`` in any other (for a hook: nothing,
+    so another thread running the model meanwhile is left alone)."""
     return lambda *args, **kwargs: (f if threading.get_ident() == owner else otherwise)(*args, **kwargs)
 
 
@@ -333,21 +334,21 @@ def _install(model: nn.Module, check=None, pass_: Optional["_Pass"] = None, guar
     if guard is not None:
         guard.start(pass_)
     own = {m for m in checked | hooked_ if m._forward_hooks or m._forward_pre_hooks}
-    owner = threading.get_ident()
 
     def pre(module, args):
-        if threading.get_ident() != owner:
-            return
         if guard is not None and module in hooked_:
             guard.enter(module, args)     # (first: inside a layer, the check's tensor calls pass straight)
         if module in checked:
             check(module, args)
 
     def post(module, args, output):
-        if module in hooked_ and threading.get_ident() == owner:
+        if module in hooked_:
             out = pass_.hook(module, args, output)
             guard.leave(module, args, output)
             return out
+
+    owner = threading.get_ident()
+    pre, post = _in_thread(owner, pre), _in_thread(owner, post)
 
     def pre_global(module, args):
         if module not in own:
