@@ -415,18 +415,38 @@ def _geometry(module: nn.MaxPool2d):
     return k, _pair(module.stride or module.kernel_size), _pair(module.padding), _pair(module.dilation)
 
 
+def _window_positions(module: nn.MaxPool2d, hw, out_hw) -> torch.Tensor:
+    """Flat input position (``H·W`` for padding) of element ``(a, b)`` of window ``(i, j)``, as a
+    (Ho, kh, Wo, kw) tensor: read in this order it is the window image of :func:`_windows`."""
+    (kh, kw), s, p, d = _geometry(module)
+    (H, W), (Ho, Wo) = hw, out_hw
+    rows = (torch.arange(Ho)[:, None] * s[0] - p[0] + torch.arange(kh) * d[0]).reshape(-1, 1)
+    cols = (torch.arange(Wo)[:, None] * s[1] - p[1] + torch.arange(kw) * d[1]).reshape(1, -1)
+    inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
+    return torch.where(inside, rows * W + cols, H * W).view(Ho, kh, Wo, kw)
+
+
 def _window_map(module: nn.MaxPool2d, hw, out_hw) -> Optional[torch.Tensor]:
-    """Flat input position (``H·W`` for padding) of every pixel of the window image of :func:`_windows`,
-    or None where the window image is the input itself: kernel = stride, no padding or dilation, and
-    windows that tile the input exactly (VGG's 2×2/2)."""
+    """:func:`_window_positions` flat, or None where the window image is the input itself: kernel =
+    stride, no padding or dilation, and windows that tile the input exactly (VGG's 2×2/2)."""
     (kh, kw), s, p, d = _geometry(module)
     (H, W), (Ho, Wo) = hw, out_hw
     if (kh, kw) == s and p == (0, 0) and d == (1, 1) and (H, W) == (Ho * kh, Wo * kw):
         return None
-    rows = (torch.arange(Ho)[:, None] * s[0] - p[0] + torch.arange(kh) * d[0]).reshape(-1, 1)
-    cols = (torch.arange(Wo)[:, None] * s[1] - p[1] + torch.arange(kw) * d[1]).reshape(1, -1)
-    inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
-    return torch.where(inside, rows * W + cols, H * W).reshape(-1)
+    return _window_positions(module, hw, out_hw).reshape(-1)
+
+
+def _offsets(index: torch.Tensor, kernel, out_hw) -> torch.Tensor:
+    """Pooling indices (B, L, C) into the window image's planes as offsets inside their windows,
+    ``a·kw + b`` for element ``(a, b)``, one byte each (kh·kw ≤ 127): the index minus its window's
+    corner, through a table (no integer division)."""
+    (kh, kw), (Ho, Wo) = kernel, out_hw
+    wide = Wo * kw                                          # the window image's width
+    corner = (torch.arange(Ho)[:, None] * (kh * wide) + torch.arange(Wo) * kw).view(-1, 1).to(index.device)
+    table = torch.zeros((kh - 1) * wide + kw, dtype=torch.int8, device=index.device)
+    table[(torch.arange(kh)[:, None] * wide + torch.arange(kw)).view(-1).to(index.device)] = torch.arange(
+        kh * kw, dtype=torch.int8, device=index.device)
+    return table.take(index - corner)
 
 
 def _transpose(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -501,9 +521,10 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     :func:`path_shares`.  All windows are handled at once as channels-last *window images*
     (:func:`_windows`), whose PyTorch max-pooling gives the winners at t = 0, 1 and t*.
 
-    Returns a dict: the input positions ``i0``, ``i1`` (B, C, L) of ``w0``, ``w1`` with their shares
-    ``s0``, ``s1`` (0 in the general windows), and ``rows`` = (flat window index, flat input positions
-    (N, K), shares (N, K)) of the general windows, or None.  ``pooled``, ``pooled_ref``: what
+    Returns a dict: ``k0``, ``k1`` (B, C, L), the offsets of ``w0``, ``w1`` in their windows
+    (:func:`_offsets`); ``s0``, the share of ``w0`` (``w1`` has the rest; both 0 in the general
+    windows), as a count of the n samples where n ≤ 127; and ``rows`` = (flat window index, flat input
+    positions (N, K), shares (N, K)) of the general windows, or None.  ``pooled``, ``pooled_ref``: what
     :func:`tiled_pool` returned for ``x`` and ``x̂`` in the forward passes (used up here), if any.
     """
     squeeze = x.dim() == 3
@@ -536,17 +557,17 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     im = flat(pool(e)[1])
     general = (im != i0).logical_and_(im != i1).nonzero()  # (batch, window, channel) rows
     del e, im
-    s0 = t
+    s0 = t                      # w0's share of the path; (n samples) as a count where n ≤ 127
     if n_steps is not None:     # w0 takes the samples k ≥ 1 with k ≤ n·t*, but k < n·t* if w1 < w0
         n = n_steps             # (a tie at t* goes to the lower index)
         u = t.mul_(n)
-        s0 = torch.where(i1 < i0, u.ceil().sub_(1).clamp_(min=0), u.floor_()).div_(n)
-    # to (B, C, L) and input positions: the backward pass scatters straight into the input gradient
+        s0 = torch.where(i1 < i0, u.ceil().sub_(1).clamp_(min=0), u.floor_())
+        s0 = s0.to(torch.int8) if n <= 127 else s0.div_(n)
+    # to (B, C, L), the winners as offsets in their windows: one byte each instead of eight
     L = Ho * Wo
-    i0, i1 = _transpose(i0, i0.new_empty(B, C, L)), _transpose(i1, i1.new_empty(B, C, L))
+    k0, k1 = (_transpose(_offsets(i, (kh, kw), out_hw), torch.empty(B, C, L, dtype=torch.int8, device=x.device))
+              for i in (i0, i1))
     s0 = _transpose(s0, s0.new_empty(B, C, L))
-    if wmap is not None:
-        i0, i1 = wmap[i0], wmap[i1]
     rows = None
     if general.numel():         # windows where a third line matters: every line, by path_shares
         bi, li, ci = general.unbind(1)
@@ -577,10 +598,7 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
         window = plane * L + li                              # flat in (B, C, L)
         s0.view(-1).index_fill_(0, window, 0.0)
         rows = (window, pos, path_shares(la, lb, n_steps))
-    s1 = torch.sub(1, s0)
-    if rows is not None:
-        s1.view(-1).index_fill_(0, rows[0], 0.0)
-    return dict(i0=i0, s0=s0, i1=i1, s1=s1, rows=rows, squeeze=squeeze)
+    return dict(k0=k0, s0=s0, k1=k1, rows=rows, squeeze=squeeze)
 
 
 def path_shares(a: torch.Tensor, b: torch.Tensor, n_steps: Optional[int]) -> torch.Tensor:
@@ -612,21 +630,27 @@ def maxpool_substitute(module, x, x_ref, y, y_ref, n_steps, pooled=None, pooled_
     gradient goes to ``w0`` and ``w1`` of each window with their shares (and to every input of a
     window solved in general, with its :func:`path_shares`)."""
     p = maxpool_path_weights(module, x.detach(), x_ref, y.shape[-2:], n_steps, pooled, pooled_ref)
-    H, W = x.shape[-2:]
+    hw, out_hw = x.shape[-2:], y.shape[-2:]
     squeeze = p["squeeze"]
 
-    def vjp(g, i0, s0, i1, s1, window=None, pos=None, w=None):
+    def vjp(g, k0, s0, k1, window=None, pos=None, w=None):
         gg = g[None] if squeeze else g
         B, C = gg.shape[:2]
         gf = gg.reshape(B, C, -1)
-        out = gf.new_zeros(B, C, H * W)
+        where = _window_positions(module, hw, out_hw).to(g.device).permute(0, 2, 1, 3).reshape(1, 1, gf.shape[2], -1)
+        i0, i1 = (where.expand(B, C, -1, -1).gather(3, k.long()[..., None])[..., 0] for k in (k0, k1))
+        s0 = s0.to(g.dtype).div_(n_steps) if s0.dtype == torch.int8 else s0
+        s1 = torch.sub(1, s0)
+        if window is not None:
+            s1.view(-1).index_fill_(0, window, 0.0)
+        out = gf.new_zeros(B, C, hw[0] * hw[1])
         out.scatter_add_(2, i0, gf * s0).scatter_add_(2, i1, gf * s1)
         if window is not None:
             out.view(-1).index_add_(0, pos.view(-1), (gf.reshape(-1).index_select(0, window)[:, None] * w).view(-1))
-        out = out.view(B, C, H, W)
+        out = out.view(B, C, *hw)
         return out[0] if squeeze else out
 
-    return substitute(x, y, vjp, p["i0"], p["s0"], p["i1"], p["s1"], *(p["rows"] or ()))
+    return substitute(x, y, vjp, p["k0"], p["s0"], p["k1"], *(p["rows"] or ()))
 
 
 # --------------------------------------------------------------------------- conv / linear
