@@ -438,7 +438,7 @@ class _Pass:
         needs_x, needs_y = self.needs.get(module, (False, False))
         if self.method is None:           # the reference pass
             if pooled is not None:        # (a max-pool's X̂ is read off its window image)
-                self.pooled[key] = pooled
+                self.pooled[key] = dict(image=pooled["image"])     # (not Ŷ: pooling the image again is cheap)
             elif needs_x:
                 self.inputs[key] = args[0]
         elif leaf:

@@ -488,10 +488,9 @@ def tiled_pool(module: nn.MaxPool2d, x: torch.Tensor) -> Optional[dict]:
     windows tile the input (kernel = stride, no padding or dilation, sizes divisible: VGG's 2×2/2);
     None for any other layer or input.
 
-    Returns ``dict(y=…, image=…, max=…, index=…)``: ``y`` equals the layer's own output (a max is
-    exact; ties go to the first index, as PyTorch) and is contiguous; ``image``, ``max`` and
-    ``index`` are what :func:`maxpool_path_weights` would otherwise compute again.  (PyTorch's
-    channels-first CPU max-pool is ~10× slower than pooling the channels-last image.)"""
+    Returns ``dict(y=…, image=…)``: ``y`` equals the layer's own output (a max is exact) and is
+    contiguous; ``image`` is what :func:`maxpool_path_weights` would otherwise compute again.
+    (PyTorch's channels-first CPU max-pool is ~10× slower than pooling the channels-last image.)"""
     if x.dim() != 4 or module.return_indices:
         return None
     (kh, kw), s, p, d = _geometry(module)
@@ -500,10 +499,10 @@ def tiled_pool(module: nn.MaxPool2d, x: torch.Tensor) -> Optional[dict]:
         return None
     with torch.no_grad():
         image = _windows(x, None, (H, W), 0.0)
-        m, i = F.max_pool2d(image.permute(0, 3, 1, 2), (kh, kw), return_indices=True)
+        m = F.max_pool2d(image.permute(0, 3, 1, 2), (kh, kw))
         Ho, Wo = H // kh, W // kw
         y = _transpose(m.permute(0, 2, 3, 1).reshape(B, Ho * Wo, C), m.new_empty(B, C, Ho * Wo))
-    return dict(y=y.view(B, C, Ho, Wo), image=image, max=m, index=i)
+    return dict(y=y.view(B, C, Ho, Wo), image=image)
 
 
 def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Tensor, out_hw,
@@ -539,11 +538,11 @@ def maxpool_path_weights(module: nn.MaxPool2d, x: torch.Tensor, x_ref: torch.Ten
     image = (Ho * kh, Wo * kw)
     pool = lambda img: F.max_pool2d(img.permute(0, 3, 1, 2), (kh, kw), return_indices=True)
     flat = lambda t: t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, C)     # (B, L, C) views
-    if pooled_ref is not None and pooled_ref["image"].shape[0] in (1, B):           # window images
-        a, m0, i0 = pooled_ref["image"], pooled_ref["max"], pooled_ref["index"]    # (read, never written)
+    if pooled_ref is not None and pooled_ref["image"].shape[0] in (1, B):
+        a = pooled_ref["image"]                            # (read, never written)
     else:
         a = _windows(x_ref.expand_as(x), wmap, image, low)
-        m0, i0 = pool(a)                                   # winners at t = 0
+    m0, i0 = pool(a)                                       # winners at t = 0 (a batch-1 reference: pooled once)
     e = pooled["image"] if pooled is not None else _windows(x, wmap, image, low)
     e.sub_(a).add_(a)                                      # the lines at t = 1 as sampled: a + 1·(x − a)
     m1, i1 = pool(e)                                       # winners at t = 1
