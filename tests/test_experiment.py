@@ -367,7 +367,7 @@ def test_cli_checks_everything_before_loading_the_model(tmp_path, capsys, monkey
     assert_no_files(tmp_path)
 
 
-def test_verify_sample_passes_and_fails_on_a_tampered_csv(folder, tmp_path):
+def test_verify_sample_passes_and_fails_on_a_tampered_csv(folder, tmp_path, monkeypatch):
     out = tmp_path / "r.csv"
     model = toy_model()
     X.run(["probability-change", "class-discrimination"][:1], ["LRP-0", "SIG-LID-IG", "LayerCAM"], folder, out,
@@ -381,10 +381,60 @@ def test_verify_sample_passes_and_fails_on_a_tampered_csv(folder, tmp_path):
         csv.writer(f, lineterminator="\n").writerows(rows)
     with pytest.raises(X.SampleMismatch, match="SIG-LID-IG"):
         X.verify_sample(out, model, source=folder, n_images=2, seed=0)
+    # the same moved value at a cut that float rounding decides (stand-in: every cut undecided) is counted, not compared
+    from lidlib.evaluation import runner
+    calls = []
+
+    def every_cut(model_, smp, target, method, groups, cfg, explainers):
+        calls.append((smp.name, method))
+        return {}, {(g[2], p) for g in groups for p in g[3]}
+
+    monkeypatch.setattr(runner, "_other_arithmetic", every_cut)
+    moved = X.verify_sample(out, model, source=folder, n_images=2, seed=0)
+    assert moved["undecided"] == 1 and abs(moved["undecided_max_abs_diff"] - 0.01) < 1e-9
+    assert moved["rows"] == ok["rows"] - 1 and calls == [(rows[k][0], "SIG-LID-IG")]
+    # or any value the other thread count moves by a tenth of the difference
+    monkeypatch.setattr(runner, "_other_arithmetic", lambda model_, smp, target, method, groups, cfg, explainers: (
+        {(r["metric"], r["stages"], r["param"]): float(r["value"]) + 0.0011
+         for r in runner._compute(model_, smp, target, method, groups, cfg, {})}, set()))
+    assert X.verify_sample(out, model, source=folder, n_images=2, seed=0)["undecided"] == 1
+    monkeypatch.setattr(runner, "_other_arithmetic", lambda model_, smp, target, method, groups, cfg, explainers: (
+        {(r["metric"], r["stages"], r["param"]): float(r["value"]) + 0.0009
+         for r in runner._compute(model_, smp, target, method, groups, cfg, {})}, set()))
+    with pytest.raises(X.SampleMismatch, match="SIG-LID-IG"):
+        X.verify_sample(out, model, source=folder, n_images=2, seed=0)
     other = toy_model()
     other.display_name = "another-net"
     with pytest.raises(X.SampleMismatch, match="model"):
         X.verify_sample(out, other, source=folder, n_images=1, seed=0)
+
+
+def test_other_arithmetic_restores_the_thread_count(folder, tmp_path, monkeypatch):
+    import torch
+
+    from lidlib.evaluation import runner
+    out = tmp_path / "r.csv"
+    model = toy_model()
+    X.run(["probability-change"], ["LRP-0"], folder, out, model=model, progress=False, figure=False)
+    doc = X.read_config(out)
+    st = doc["settings"]
+    cfg = runner._Config(doc["metrics"], [], {m: list(v) for m, v in doc["stages"].items()}, tuple(st["ratios"]),
+                         tuple(st["radii"]), st["fill"], int(st["n_copies"]), float(st["max_shift"]),
+                         tuple(st["scale"]), st["n_steps"], None, int(st["seed"]))
+    cfg.groups = runner._expected_groups(cfg)
+    samples, targets = runner._validate_samples(runner._resolve_source(folder, model, False)[:1], model)
+    n = torch.get_num_threads()
+    explainers = {}
+    rows = runner._compute(model, samples[0], targets[0], "LRP-0", cfg.groups, cfg, explainers)
+    values, cuts = runner._other_arithmetic(model, samples[0], targets[0], "LRP-0", cfg.groups, cfg, explainers)
+    assert torch.get_num_threads() == n
+    assert set(values) == {(r["metric"], r["stages"], r["param"]) for r in rows}
+    assert max(abs(values[(r["metric"], r["stages"], r["param"])] - float(r["value"])) for r in rows) < 1e-6
+    assert cuts <= {("input", p) for p in cfg.groups[0][3]} | {(cfg.groups[0][2], p) for p in cfg.groups[0][3]}
+    monkeypatch.setattr(runner, "_compute", lambda *a: 1 / 0)            # failing half-way: threads restored
+    with pytest.raises(ZeroDivisionError):
+        runner._other_arithmetic(model, samples[0], targets[0], "LRP-0", cfg.groups, cfg, explainers)
+    assert torch.get_num_threads() == n
 
 
 def test_eval_set_has_200_distinct_images_with_disjoint_regions():

@@ -133,6 +133,25 @@ def test_tie_breaking_is_seeded_and_stable():
         assert torch.equal(m, h[0] < torch.sort(h.flatten()).values[6])
 
 
+def test_undecided_cuts_are_the_cuts_within_the_rounding():
+    # N distinct values 0, 1, …, N−1 (gaps of 1): no rounding below 0.5 decides any cut
+    h = torch.arange(N, dtype=torch.float64).reshape(H, W)
+    ratios = (0.25, 0.5, 0.75)
+    assert M.undecided_cuts(h, h + 0.3 * torch.rand(H, W), ratios) == [False, False, False]
+    assert M.undecided_cuts(h, h, ratios) == [False, False, False]
+    # move the first kept pixel of ratio 0.5 next to the last removed one: only that cut is undecided
+    k = M._count(0.5, N)
+    g = h.clone().flatten()
+    g[k] = g[k - 1] + 0.1
+    g = g.reshape(H, W)
+    other = g.clone()
+    other.view(-1)[0] += 0.06                      # rounding of size 0.06 somewhere: 2·0.06 > 0.1
+    assert M.undecided_cuts(g, other, ratios) == [False, True, False]
+    assert M.undecided_cuts(g, g, ratios) == [False, False, False]         # exact arithmetic decides it
+    # ties at a cut are undecided whatever the rounding; empty and full removals never are
+    assert M.undecided_cuts(torch.zeros(H, W), torch.zeros(H, W), (0.0, 0.5, 1.0)) == [False, True, False]
+
+
 def test_fill_values():
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     assert torch.equal(M.fill_values(x), torch.zeros_like(x))

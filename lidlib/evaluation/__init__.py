@@ -35,7 +35,8 @@ Configuration: every setting that changes a value (model, input size, fill, n_st
 method's ε, ratios, radii, a checksum of the image set) goes to ``<csv>.json`` (:func:`config_path`);
 resuming a CSV with other settings, or one without its configuration, raises ``ValueError``.
 :func:`verify_sample` recomputes a seeded random sample of a committed CSV and raises
-:class:`SampleMismatch` on any difference (the book runs it at every build).
+:class:`SampleMismatch` on any difference that float rounding does not explain (the book runs it at every
+build; Ch. 12 shows why a probability change can move by far more than its rounding).
 
 Resuming: every (image, method) is computed and written in one piece (one ``write``, flushed and synced),
 after all earlier pairs.  A rerun with the same ``out_csv`` reads what is there, keeps the complete
