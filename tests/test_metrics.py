@@ -134,10 +134,10 @@ def test_tie_breaking_is_seeded_and_stable():
 
 
 def test_undecided_cuts_are_the_cuts_within_the_rounding():
-    # N distinct values 0, 1, …, N−1 (gaps of 1): no rounding below 0.5 decides any cut
+    # N distinct values 0, 1, …, N−1 (gaps of 1): rounding below 1 / ROUNDING_FACTOR decides every cut
     h = torch.arange(N, dtype=torch.float64).reshape(H, W)
     ratios = (0.25, 0.5, 0.75)
-    assert M.undecided_cuts(h, h + 0.3 * torch.rand(H, W), ratios) == [False, False, False]
+    assert M.undecided_cuts(h, h + 0.03 * torch.rand(H, W), ratios) == [False, False, False]
     assert M.undecided_cuts(h, h, ratios) == [False, False, False]
     # move the first kept pixel of ratio 0.5 next to the last removed one: only that cut is undecided
     k = M._count(0.5, N)
@@ -146,7 +146,10 @@ def test_undecided_cuts_are_the_cuts_within_the_rounding():
     g = g.reshape(H, W)
     other = g.clone()
     other.view(-1)[0] += 0.06                      # rounding of size 0.06 somewhere: 2·0.06 > 0.1
-    assert M.undecided_cuts(g, other, ratios) == [False, True, False]
+    assert M.undecided_cuts(g, other, ratios, factor=2) == [False, True, False]
+    assert M.undecided_cuts(g, other, ratios, factor=1) == [False, False, False]
+    other.view(-1)[0] += 0.011 - 0.06                  # 0.011: within ROUNDING_FACTOR · 0.011 only
+    assert M.ROUNDING_FACTOR == 10 and M.undecided_cuts(g, other, ratios) == [False, True, False]
     assert M.undecided_cuts(g, g, ratios) == [False, False, False]         # exact arithmetic decides it
     # ties at a cut are undecided whatever the rounding; empty and full removals never are
     assert M.undecided_cuts(torch.zeros(H, W), torch.zeros(H, W), (0.0, 0.5, 1.0)) == [False, True, False]

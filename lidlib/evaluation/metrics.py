@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from ..checks import _model_dtype_device
 
 __all__ = ["RATIOS", "RADII", "SCALES", "Curve", "Robustness", "Discrimination", "stage_key", "heatmaps",
-           "removal_order", "removal_masks", "undecided_cuts", "fill_values", "probabilities", "probability_change",
+           "removal_order", "removal_masks", "ROUNDING_FACTOR", "undecided_cuts", "fill_values", "probabilities",
+           "probability_change",
            "multiscale_probability_change", "patch_masks", "minimal_patch", "random_transforms", "jitter",
            "unjitter", "visible", "robustness", "class_discrimination", "Interval", "N_BOOT", "bootstrap_mean",
            "paired_difference", "VERDICTS", "MIN_IMAGES", "verdict", "combine_verdicts"]
@@ -211,14 +212,20 @@ def removal_masks(heatmaps: torch.Tensor, ratios: Sequence[float] = RATIOS, *, s
     return masks.reshape(b, len(ratios), hh, ww).to(h.device)
 
 
-def undecided_cuts(heatmap: torch.Tensor, other: torch.Tensor, ratios: Sequence[float] = RATIOS) -> list:
+#: how far beyond one measured sample of float rounding (the difference that another thread count makes)
+#: other arithmetic is taken to reach: a cut or a committed value within it counts as rounding
+ROUNDING_FACTOR = 10
+
+
+def undecided_cuts(heatmap: torch.Tensor, other: torch.Tensor, ratios: Sequence[float] = RATIOS,
+                   factor: float = ROUNDING_FACTOR) -> list:
     """For each ratio, whether float rounding decides which pixels it removes from one (H, W) heatmap.
 
     ``other`` is the same heatmap computed with other float arithmetic (e.g. another thread count); with
     ``d = max |heatmap − other|``, the cut after the ``round(r·H·W)`` least relevant pixels is *undecided*
-    where the last removed and the first kept pixel lie within ``2d`` of each other (ties included): there,
-    arithmetic as exact as the heatmap's own can swap them, and a probability change can move by far more
-    than the rounding (a few pixels of an image are a large change for a network)."""
+    where the last removed and the first kept pixel lie within ``factor·d`` of each other (ties included):
+    there, other arithmetic can swap them, and a probability change can move by far more than the
+    rounding (a few pixels of an image are a large change for a network)."""
     flat = heatmap.reshape(-1).double().cpu()
     d = float((flat - other.reshape(-1).double().cpu()).abs().max())
     v = torch.sort(flat).values
@@ -226,7 +233,7 @@ def undecided_cuts(heatmap: torch.Tensor, other: torch.Tensor, ratios: Sequence[
     out = []
     for r in ratios:
         k = _count(r, n)
-        out.append(0 < k < n and float(v[k] - v[k - 1]) <= 2 * d)
+        out.append(0 < k < n and float(v[k] - v[k - 1]) <= factor * d)
     return out
 
 

@@ -211,11 +211,6 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
     return res
 
 
-#: a committed value counts as float rounding if it lies within this many times the difference between the
-#: recomputation and a recomputation with another thread count (one sample of how far other arithmetic goes)
-ROUNDING_FACTOR = 10
-
-
 def _other_arithmetic(model, smp: Sample, target: int, method: str, groups, cfg: _Config, explainers):
     """The rows of one (image, method) recomputed with another thread count, and the probability-change cuts
     float rounding decides (:func:`~lidlib.evaluation.metrics.undecided_cuts` between the two heatmaps):
@@ -254,8 +249,8 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
     :func:`eval_samples` returned), checked against the configuration's checksum all the same.
     A row that differs by more is recomputed with another thread count, to measure what float rounding does
     to it. It is counted as *undecided* instead of compared where rounding explains the difference: a
-    probability change at a cut whose last removed and first kept pixel lie within the heatmap's rounding
-    (there other arithmetic removes other pixels), or any value within ``ROUNDING_FACTOR`` times the
+    probability change at a cut :func:`~lidlib.evaluation.metrics.undecided_cuts` finds undecided (there
+    other arithmetic removes other pixels), or any value within ``metrics.ROUNDING_FACTOR`` times the
     difference of the two thread counts (a heatmap that its own rounding moves, as LRP-0's at ε ≈ 0).
     Returns ``{"images", "methods", "rows", "max_abs_diff", "undecided", "undecided_max_abs_diff"}``
     (``rows``: the rows compared)."""
@@ -317,7 +312,7 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
                             alt = _other_arithmetic(model, smp, t, m, groups, cfg, explainers)
                         b2 = alt[0].get(key, b)
                         if ((key[0] == "probability-change" and key[1:] in alt[1])
-                                or d <= atol + rtol * abs(a) + ROUNDING_FACTOR * abs(b - b2)):
+                                or d <= atol + rtol * abs(a) + M.ROUNDING_FACTOR * abs(b - b2)):
                             undecided += 1
                             undecided_worst = max(undecided_worst, d)
                             continue
