@@ -387,22 +387,31 @@ def test_verify_sample_passes_and_fails_on_a_tampered_csv(folder, tmp_path, monk
 
     def every_cut(model_, smp, target, method, groups, cfg, explainers):
         calls.append((smp.name, method))
-        return {}, {(g[2], p) for g in groups for p in g[3]}
+        return {}, {(g[2], p) for g in groups for p in g[3]}, {}
 
     monkeypatch.setattr(runner, "_other_arithmetic", every_cut)
     moved = X.verify_sample(out, model, source=folder, n_images=2, seed=0)
     assert moved["undecided"] == 1 and abs(moved["undecided_max_abs_diff"] - 0.01) < 1e-9
     assert moved["rows"] == ok["rows"] - 1 and calls == [(rows[k][0], "SIG-LID-IG")]
-    # or any value the other thread count moves by a tenth of the difference
+    # or any value that the other thread count moves by a tenth of the difference
     monkeypatch.setattr(runner, "_other_arithmetic", lambda model_, smp, target, method, groups, cfg, explainers: (
         {(r["metric"], r["stages"], r["param"]): float(r["value"]) + 0.0011
-         for r in runner._compute(model_, smp, target, method, groups, cfg, {})}, set()))
+         for r in runner._compute(model_, smp, target, method, groups, cfg, {})}, set(), {}))
     assert X.verify_sample(out, model, source=folder, n_images=2, seed=0)["undecided"] == 1
     monkeypatch.setattr(runner, "_other_arithmetic", lambda model_, smp, target, method, groups, cfg, explainers: (
         {(r["metric"], r["stages"], r["param"]): float(r["value"]) + 0.0009
-         for r in runner._compute(model_, smp, target, method, groups, cfg, {})}, set()))
+         for r in runner._compute(model_, smp, target, method, groups, cfg, {})}, set(), {}))
     with pytest.raises(X.SampleMismatch, match="SIG-LID-IG"):
         X.verify_sample(out, model, source=folder, n_images=2, seed=0)
+    # or any value within a tenth of the difference times the heatmap's rounding relative to its maximum
+    for rounding, passes in ((0.0011, True), (0.0009, False)):
+        monkeypatch.setattr(runner, "_other_arithmetic", lambda model_, smp, target, method, groups, cfg, explainers: (
+            {}, set(), {g[2]: rounding for g in groups}))
+        if passes:
+            assert X.verify_sample(out, model, source=folder, n_images=2, seed=0)["undecided"] == 1
+        else:
+            with pytest.raises(X.SampleMismatch, match="SIG-LID-IG"):
+                X.verify_sample(out, model, source=folder, n_images=2, seed=0)
     other = toy_model()
     other.display_name = "another-net"
     with pytest.raises(X.SampleMismatch, match="model"):
@@ -426,8 +435,10 @@ def test_other_arithmetic_restores_the_thread_count(folder, tmp_path, monkeypatc
     n = torch.get_num_threads()
     explainers = {}
     rows = runner._compute(model, samples[0], targets[0], "LRP-0", cfg.groups, cfg, explainers)
-    values, cuts = runner._other_arithmetic(model, samples[0], targets[0], "LRP-0", cfg.groups, cfg, explainers)
+    values, cuts, rounding = runner._other_arithmetic(model, samples[0], targets[0], "LRP-0", cfg.groups, cfg,
+                                                       explainers)
     assert torch.get_num_threads() == n
+    assert set(rounding) == {cfg.groups[0][2]} and 0 <= rounding[cfg.groups[0][2]] < 1e-5
     assert set(values) == {(r["metric"], r["stages"], r["param"]) for r in rows}
     assert max(abs(values[(r["metric"], r["stages"], r["param"])] - float(r["value"])) for r in rows) < 1e-6
     assert cuts <= {("input", p) for p in cfg.groups[0][3]} | {(cfg.groups[0][2], p) for p in cfg.groups[0][3]}

@@ -212,24 +212,29 @@ def run(metric, methods, source=None, out_csv="results.csv", seed: int = 0, mode
 
 
 def _other_arithmetic(model, smp: Sample, target: int, method: str, groups, cfg: _Config, explainers):
-    """The rows of one (image, method) recomputed with another thread count, and the probability-change cuts
-    float rounding decides (:func:`~lidlib.evaluation.metrics.undecided_cuts` between the two heatmaps):
-    ``(values, cuts)``, ``values`` keyed like the CSV's rows, ``cuts`` a set of (stages, param)."""
+    """The rows of one (image, method) recomputed with another thread count, and what that says of float
+    rounding: ``(values, cuts, rounding)``, ``values`` keyed like the CSV's rows, ``cuts`` the (stages, param)
+    of probability changes at cuts :func:`~lidlib.evaluation.metrics.undecided_cuts` finds undecided, and
+    ``rounding`` per stages the heatmaps' largest difference over their largest ``|h|``."""
     import torch
-    stages = sorted({g[2] for g in groups if g[1] == "probability-change"})
-    h = {st: M.heatmaps(explainers[method](smp.x, target), st)[0] for st in stages}
+    stages = sorted({g[2] for g in groups if not g[0] == "robustness"})
+    e = explainers[method](smp.x, target) if stages else None
+    h = {st: M.heatmaps(e, st)[0] for st in stages}
     n = torch.get_num_threads()
     torch.set_num_threads(2 if n == 1 else 1)
     try:
         other = {}
         values = {(r["metric"], r["stages"], r["param"]): float(r["value"])
                   for r in _compute(model, smp, target, method, groups, cfg, other)}
-        h2 = {st: M.heatmaps(other[method](smp.x, target), st)[0] for st in stages}
+        e2 = other[method](smp.x, target) if stages else None
+        h2 = {st: M.heatmaps(e2, st)[0] for st in stages}
     finally:
         torch.set_num_threads(n)
-    cuts = {(st, _fmt_param(r)) for st in stages
+    pc = {g[2] for g in groups if g[1] == "probability-change"}
+    cuts = {(st, _fmt_param(r)) for st in pc
             for r, u in zip(cfg.ratios, M.undecided_cuts(h[st], h2[st], cfg.ratios)) if u}
-    return values, cuts
+    rounding = {st: float((h[st] - h2[st]).abs().max() / h[st].abs().max().clamp(min=1e-300)) for st in stages}
+    return values, cuts, rounding
 
 
 class SampleMismatch(ValueError):
@@ -250,8 +255,9 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
     A row that differs by more is recomputed with another thread count, to measure what float rounding does
     to it. It is counted as *undecided* instead of compared where rounding explains the difference: a
     probability change at a cut :func:`~lidlib.evaluation.metrics.undecided_cuts` finds undecided (there
-    other arithmetic removes other pixels), or any value within ``metrics.ROUNDING_FACTOR`` times the
-    difference of the two thread counts (a heatmap that its own rounding moves, as LRP-0's at ε ≈ 0).
+    other arithmetic removes other pixels), or any value within ``metrics.ROUNDING_FACTOR`` times the larger
+    of what the other thread count moves it and the heatmap's rounding relative to its maximum (large for a
+    heatmap that its own rounding moves, as LRP-0's at ε ≈ 0; about 10⁻⁶ for most methods).
     Returns ``{"images", "methods", "rows", "max_abs_diff", "undecided", "undecided_max_abs_diff"}``
     (``rows``: the rows compared)."""
     import random
@@ -310,9 +316,10 @@ def verify_sample(path, model, source=None, n_images: int = 2, methods: Sequence
                     if not d <= atol + rtol * abs(a):
                         if alt is None:
                             alt = _other_arithmetic(model, smp, t, m, groups, cfg, explainers)
-                        b2 = alt[0].get(key, b)
-                        if ((key[0] == "probability-change" and key[1:] in alt[1])
-                                or d <= atol + rtol * abs(a) + M.ROUNDING_FACTOR * abs(b - b2)):
+                        values, cuts, rounding = alt
+                        moved = max(abs(b - values.get(key, b)), rounding.get(key[1], 0.0))
+                        if ((key[0] == "probability-change" and key[1:] in cuts)
+                                or d <= atol + rtol * abs(a) + M.ROUNDING_FACTOR * moved):
                             undecided += 1
                             undecided_worst = max(undecided_worst, d)
                             continue
