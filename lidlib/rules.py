@@ -19,6 +19,7 @@ output of one layer call: the same values, with the rule's matrix in the backwar
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -147,10 +148,14 @@ def call_layer(fam: Family, func, args, kwargs):
     return _Call(func, args[1:], _no_inplace(kwargs)), args[0]
 
 
-def register_elementwise(module_type: type, name: Optional[str] = None) -> Family:
-    """Support a new element-wise activation: its forward is σ, autograd gives σ' (Sec. 2.2, Eq. 21)."""
+def register_elementwise(module_type: type, name: Optional[str] = None, kinks=()) -> Family:
+    """Support a new element-wise activation: its forward is σ, autograd gives σ' (Sec. 2.2, Eq. 21).
+    ``kinks``: the points where σ' or σ'' jumps, if any (the exact ``D̄`` of a short path across one
+    is taken piece by piece: :func:`smooth_path_slope`)."""
     fam = Family(name or module_type.__name__, "smooth", (module_type,))
     FAMILIES.insert(0, fam)
+    if kinks:
+        _KINKS[module_type] = lambda m, ks=tuple(float(k) for k in kinks): ks
     return fam
 
 
@@ -814,6 +819,40 @@ def _kernel(sigma):
     return None
 
 
+def _softplus_kink(beta=1.0, threshold=20.0):
+    return (threshold / beta,)                  # softplus is x itself where β·x > threshold
+
+
+#: where σ' or σ'' of a smooth activation jumps: a short path across such a point is not one smooth
+#: piece, and its exact ``D̄`` is taken piece by piece (:func:`_across_kink`)
+_KINKS = {nn.Hardswish: lambda m: (-3.0, 3.0), nn.Hardsigmoid: lambda m: (-3.0, 3.0),
+          nn.ELU: lambda m: (0.0,), nn.CELU: lambda m: (0.0,), nn.SELU: lambda m: (0.0,),
+          nn.Softsign: lambda m: (0.0,), nn.Softplus: lambda m: _softplus_kink(m.beta, m.threshold)}
+#: the same for forward-code calls ``f(x, *args, **kwargs)``, by the function's name
+_FUNCTION_KINKS = {"hardswish": lambda *a, **k: (-3.0, 3.0), "hardsigmoid": lambda *a, **k: (-3.0, 3.0),
+                   **{f: lambda *a, **k: (0.0,) for f in ("elu", "elu_", "celu", "selu", "softsign")},
+                   "softplus": lambda *a, **k: _softplus_kink(*a, **k)}
+
+
+def _kinks(sigma) -> tuple:
+    """The points where σ' or σ'' of ``sigma`` jumps (:data:`_KINKS`); () for a smooth one."""
+    if isinstance(sigma, _Call):
+        kinks = _FUNCTION_KINKS.get(getattr(sigma.f, "__name__", ""))
+        return () if kinks is None else kinks(*sigma.args, **sigma.kwargs)
+    return next((_KINKS[t](sigma) for t in type(sigma).__mro__ if t in _KINKS), ())
+
+
+def _across_kink(derivative, x, x_ref, k) -> torch.Tensor:
+    """Exact ``D̄`` of short paths ``x̂ → x`` across the kinks ``k``: each side's share of the path
+    times σ' at that side's own midpoint (exact where σ' is linear on a side, else off by at most
+    ``|σ'''|·Δx²/24``, as one short smooth piece is).  One midpoint for the whole path would
+    average σ' across the jump (Hardswish just across 3: 1.5 or 1 instead of 1.25), and the secant
+    loses digits there."""
+    lo, hi = torch.minimum(x, x_ref), torch.maximum(x, x_ref)
+    share = torch.sub(k, lo).div_(hi - lo).clamp_(0, 1)               # of the path below k
+    return torch.lerp(derivative((k + hi) / 2), derivative((lo + k) / 2), share)
+
+
 def _position_dependent(sigma) -> bool:
     """Whether σ has parameters or buffers (it may then differ from element to element)."""
     return isinstance(sigma, nn.Module) and any(True for _ in itertools.chain(sigma.parameters(), sigma.buffers()))
@@ -824,7 +863,10 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
 
     ``n_steps = n``: the mean of σ' at ``x̂ + (k/n)Δx``, k = 1..n.  ``None``: exactly, the secant
     slope ``(σ(x) − σ(x̂)) / (x − x̂)``; where ``|Δx| ≤ ε^(1/3)·(|x + x̂| + 1)`` (the secant would
-    lose digits) σ' at the midpoint, whose error ``|σ'''|·Δx^2/24`` is then below rounding."""
+    lose digits) σ' at the midpoint, whose error ``|σ'''|·Δx^2/24`` is then no larger than the
+    secant's rounding ``ε·|σ|/|Δx|`` (both about ε^(2/3)) — or, where such a short path crosses a
+    kink of σ' or σ'' (:data:`_KINKS`), σ' at each side's midpoint weighted by that side's share of
+    the path (:func:`_across_kink`)."""
     x_ref = x_ref.expand_as(x)
     kernel = _kernel(sigma)                                 # (a built-in activation: the same σ everywhere)
     if n_steps is not None and kernel is not None:
@@ -836,16 +878,58 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
         return _derivative(sigma, points).mean(0)
     secant = torch.sub(y, y_ref.expand_as(y)).div_(dx)
     twice_mid, c = torch.add(x, x_ref), torch.finfo(x.dtype).eps ** (1 / 3)
-    tiny = torch.le(dx.abs_().sub_(twice_mid.abs(), alpha=c), c)
+    abs_mid = twice_mid.abs()
+    tiny = torch.le(dx.abs_().sub_(abs_mid, alpha=c), c)
+    crossings = [_short_crossings(x, x_ref, abs_mid, twice_mid, tiny, t, c) for t in _kink_tests(_kinks(sigma))]
+    derivative = kernel or functools.partial(_derivative, sigma)
     if kernel is not None:                                  # σ' everywhere: two cheap passes
-        return torch.where(tiny, kernel(twice_mid.mul_(0.5)), secant, out=secant)
-    if _position_dependent(sigma):                          # σ' by autograd, on the whole tensor
-        return torch.where(tiny, _derivative(sigma, twice_mid.mul_(0.5)), secant) if tiny.any() else secant
-    out, tiny, twice_mid = torch.atleast_1d(secant, tiny, twice_mid)      # (views)
-    where = tiny.nonzero(as_tuple=True)                     # σ' by autograd, where it is needed
-    if where[0].numel():
-        out[where] = _derivative(sigma, twice_mid[where].mul_(0.5))
+        torch.where(tiny, kernel(twice_mid.mul_(0.5)), secant, out=secant)
+    elif _position_dependent(sigma):                        # σ' by autograd, on the whole tensor
+        d = torch.where(tiny, derivative(twice_mid.mul_(0.5)), secant) if tiny.any() else secant
+        for i, kink in crossings:
+            if i is not None:                               # (σ' at each side's midpoint, everywhere)
+                across, at = torch.zeros_like(tiny), torch.zeros_like(x)
+                torch.atleast_1d(across)[i], torch.atleast_1d(at)[i] = True, kink
+                d = torch.where(across, _across_kink(derivative, x, x_ref, at), d)
+        return d
+    else:                                                   # σ' by autograd, where it is needed
+        where = torch.atleast_1d(tiny).nonzero(as_tuple=True)
+        if where[0].numel():
+            torch.atleast_1d(secant)[where] = derivative(torch.atleast_1d(twice_mid)[where].mul_(0.5))
+    for i, kink in crossings:
+        if i is not None:
+            torch.atleast_1d(secant)[i] = _across_kink(derivative, *(torch.atleast_1d(t)[i] for t in (x, x_ref)), kink)
     return secant
+
+
+def _kink_tests(kinks) -> list:
+    """The kinks as crossing tests ``(k, symmetric)``: a pair ±k (and 0) is one test on ``|x + x̂|``."""
+    ks = set(kinks)
+    return [(k, k == 0 or -k in ks) for k in sorted(ks) if not (k < 0 and -k in ks)]
+
+
+def _short_crossings(x, x_ref, abs_mid, twice_mid, tiny, test, c):
+    """``(index, kink)`` of the short paths (``tiny``) that cross the kink of ``test``, ``|x + x̂ − 2k| <
+    |Δx|`` (a symmetric pair ±k: on ``|x + x̂|``, the two ends of a short path having one sign), or
+    ``(None, None)``; ``kink``: each one's kink, ``±k``.  Only the elements with ``|x + x̂ − 2k|`` below
+    twice its largest value on a short crossing path, ``c·(|x + x̂| + 1)``, are tested."""
+    k, symmetric = test
+    base, band = abs_mid if symmetric else twice_mid, 2 * c * ((2 * abs(k) + c) / (1 - c) + 1)
+    if base.numel() == 0:
+        return None, None
+    low, high = torch.aminmax(base)
+    if float(high) <= 2 * k - band or float(low) >= 2 * k + band:
+        return None, None                                   # (one pass: no midpoint near the kink)
+    near = torch.atleast_1d(torch.lt(torch.sub(base, 2 * k).abs_(), band)).logical_and_(torch.atleast_1d(tiny))
+    if not near.any():
+        return None, None
+    i = near.nonzero(as_tuple=True)
+    xs, rs = torch.atleast_1d(x)[i], torch.atleast_1d(x_ref)[i]
+    kink = torch.where(xs + rs < 0, -k, k).to(xs.dtype) if symmetric and k else torch.full_like(xs, k)
+    cross = torch.lt((xs + rs - 2 * kink).abs_(), (xs - rs).abs_())
+    if not cross.any():
+        return None, None
+    return tuple(t[cross] for t in i), kink[cross]
 
 
 #: elements per block of :func:`_sampled_mean` on the CPU (1 MiB of float32 per buffer: a block's samples

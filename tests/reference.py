@@ -91,9 +91,11 @@ def _breaks(layer):
         return [float(layer.min_val), float(layer.max_val)]
     if isinstance(layer, (nn.Hardswish, nn.Hardsigmoid)):
         return [-3.0, 3.0]
-    if isinstance(layer, (nn.ReLU, nn.LeakyReLU)):
-        return [0.0]
-    return []
+    if isinstance(layer, (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Softsign)):
+        return [0.0]                            # (ELU, CELU, SELU, Softsign: σ' or σ'' jumps at 0)
+    if isinstance(layer, nn.Softplus):
+        return [layer.threshold / layer.beta]   # x itself beyond β·x > threshold
+    return list(getattr(layer, "kinks", ()))
 
 
 def smooth_exact(layer, x, x_ref):

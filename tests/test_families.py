@@ -492,3 +492,102 @@ def test_closed_form_norm_path_sum_is_the_layer_evaluated_on_its_path(layer, sha
     fast = rules._path_sum(layer, x, x_ref, up)(*nodes)
     slow = rules._layer_path_vjp(layer, x, x_ref, up, *nodes)
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-13)
+
+
+class _ScaledSELU(nn.Module):
+    """A position-dependent activation (a scale per element) whose σ' jumps at 0."""
+    kinks = (0.0,)
+
+    def __init__(self, n):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, n, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.scale * F.selu(x)
+
+
+KINKED = [nn.Hardswish(), nn.Hardsigmoid(), nn.SELU(), nn.ELU(alpha=0.5), nn.CELU(alpha=2.0), nn.Softsign(),
+          nn.Softplus(beta=2.0, threshold=3.0), rules._Call(F.hardswish), rules._Call(F.selu),
+          rules._Call(F.softplus, (2.0, 3.0)), _ScaledSELU(8)]
+
+
+def _kink_paths(kink, n=8):
+    """Paths of length about 1e-6 (below ε^(1/3) of float64: 'short') across ``kink``, both ways,
+    and two that end on it: the midpoint of each lies within 1e-6 of the kink."""
+    x = kink + torch.tensor([1e-6, -3e-6, 2e-7, -5e-7, 4e-6, 0.0, 1e-6, -2e-6], dtype=torch.float64)[:n]
+    x_ref = kink + torch.tensor([-1e-6, 1e-6, -3e-6, 2e-6, -1e-7, 1e-6, 0.0, 2e-7], dtype=torch.float64)[:n]
+    return x, x_ref
+
+
+@pytest.mark.parametrize("sigma", KINKED, ids=lambda s: getattr(getattr(s, "f", None), "__name__", type(s).__name__))
+def test_exact_smooth_slope_of_a_short_path_across_a_kink_is_taken_piece_by_piece(sigma):
+    """A path short enough for σ' at its midpoint (the secant would lose digits) that crosses a jump of
+    σ' (Hardswish, Hardsigmoid at ±3; SELU, ELU at 0; Softplus at threshold/β) or of σ'' (CELU,
+    Softsign at 0): exact D̄ is the quadrature of σ' with the kink as a break point (tests/reference.py),
+    not σ' at the one midpoint (Hardswish across 3 gave 1.5 or 1 instead of 1.25)."""
+    layer, scale = sigma, 1.0                 # (the reference evaluates σ one element at a time)
+    if isinstance(sigma, rules._Call):
+        layer = {"hardswish": nn.Hardswish(), "selu": nn.SELU(), "softplus": nn.Softplus(2.0, 3.0)}[sigma.f.__name__]
+    if isinstance(sigma, _ScaledSELU):        # position-dependent: σ' by autograd on the whole tensor
+        layer, scale = nn.SELU(), sigma.scale.detach()
+        rules.register_elementwise(_ScaledSELU, kinks=_ScaledSELU.kinks)
+    try:
+        for kink in reference._breaks(layer):
+            x, x_ref = _kink_paths(kink)
+            with torch.no_grad():
+                got = rules.smooth_path_slope(sigma, x, x_ref, sigma(x), sigma(x_ref), None)
+            want = scale * torch.diag(reference.smooth_exact(layer, x, x_ref))
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    finally:
+        rules.FAMILIES[:] = [f for f in rules.FAMILIES if _ScaledSELU not in f.modules]
+        rules._KINKS.pop(_ScaledSELU, None)
+
+
+@pytest.mark.parametrize("sigma", [nn.Hardswish(), nn.Hardsigmoid()], ids=lambda s: type(s).__name__)
+def test_exact_smooth_slope_across_a_kink_in_float32(sigma):
+    """The same in float32 (short: |Δx| ≤ 4.9e-3·(|x + x̂| + 1)) through the fused kernel, the crossing
+    paths among others, against the float64 quadrature."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, generator=g, dtype=torch.float64) * 3
+    x_ref = x + torch.randn(300, generator=g, dtype=torch.float64) * 0.5
+    across = torch.arange(0, 300, 7)
+    x[across] = (3.0 * torch.randn(len(across), generator=g).sign()
+                 + torch.randn(len(across), generator=g) * 1e-3).double()
+    x_ref[across] = x[across] + torch.randn(len(across), generator=g, dtype=torch.float64) * 2e-3
+    x32, r32 = x.float(), x_ref.float()
+    got = rules.smooth_path_slope(sigma, x32, r32, sigma(x32), sigma(r32), None)
+    want = torch.diag(reference.smooth_exact(sigma, x32.double(), r32.double()))
+    crossing = ((x32 - 3).sign() != (r32 - 3).sign()) | ((x32 + 3).sign() != (r32 + 3).sign())
+    assert int(crossing[across].sum()) > 10
+    torch.testing.assert_close(got.double()[across], want[across], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["LID-IG", "SIG-LID-IG"])
+def test_exact_relevance_of_short_paths_across_kinks_matches_the_slow_reference(method):
+    """A reference input 1e-7 from x (every path short), the first layer's pre-activations crossing
+    ±3 (Hardswish) and the second's crossing 0 (SELU): exact relevance at every layer equals the
+    division forms of tests/reference.py (its D̄ a quadrature with the kinks as break points).  With
+    σ' at one midpoint, the second layer's relevance was off by 25% of its largest value."""
+    g = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Hardswish(), nn.Linear(6, 4), nn.SELU(), nn.Linear(4, 3)).double().eval()
+    x = torch.randn(1, 3, generator=g, dtype=torch.float64)
+    baseline = x[0] + 1e-7 * torch.randn(3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        for lin in (model[0], model[2], model[4]):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g, dtype=torch.float64))
+        w = model[0].weight
+        model[0].bias.copy_(torch.tensor([3.0, 3.0, 3.0, -3.0, -3.0, 1.0], dtype=torch.float64)
+                            - w @ (x[0] + baseline) / 2)      # the path's midpoint on the kink
+        a, a_ref = model[1](model[0](x[0])), model[1](model[0](baseline))
+        model[2].bias.copy_(-model[2].weight @ (a + a_ref) / 2)
+        model[4].bias.normal_(0, 0.3, generator=g)
+        h, h_ref = model[0](x[0]), model[0](baseline)
+        assert ((h[:5].abs() - 3).sign() != (h_ref[:5].abs() - 3).sign()).all()
+        s, s_ref = model[2](a), model[2](a_ref)
+        assert (s.sign() != s_ref.sign()).all()
+    e = lidlib.explain(model, x, 1, method, baseline=baseline, n_steps=None)
+    ref = reference.relevances(model, METHODS[method], x[0], 1, baseline, None)
+    for layer, r in ref.items():
+        scale = float(r.abs().max())
+        torch.testing.assert_close(e.relevance[layer][0], r, rtol=1e-6, atol=1e-6 * scale,
+                                   msg=lambda m, layer=layer: f"layer {layer}: {m}")
