@@ -185,6 +185,26 @@ def test_vectorised_path_average_matches_the_node_loop(n_steps):
     assert torch.allclose(fast, slow, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("n_steps", [1, 10, None])
+@pytest.mark.parametrize("ref_shape", ["batch", "one", "scalar"])
+def test_sig_top_average_is_the_path_average_of_the_softmax_gradient(n_steps, ref_shape):
+    """The SIG top's ``e_c Σ w P_c − Σ w P_c P`` is the node loop of ``P'_c`` (float64 rounding), also
+    in several chunks of nodes (3 × 1000 logits, spread 160: 2 560 nodes, 333 per chunk)."""
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(3, 1000, generator=g, dtype=torch.float64) * 20
+    z_ref = {"batch": torch.randn(3, 1000, generator=g, dtype=torch.float64),
+             "one": torch.randn(1, 1000, generator=g, dtype=torch.float64),
+             "scalar": torch.tensor(0.5, dtype=torch.float64)}[ref_shape]
+    c = torch.tensor([1, 999, 500])
+    dz = z - z_ref
+    fast = top.softmax_gradient_average(z_ref, dz, c, n_steps)
+    slow = _slow_path_average(z_ref.expand_as(z), dz, c, n_steps)
+    assert top._nodes(dz, n_steps)[0].numel() > top._nodes(dz, n_steps)[2] or n_steps is not None
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-15)
+    g_top, r_top = top.top_relevance("SIG", z, z_ref, c, n_steps)
+    assert torch.equal(g_top, fast) and torch.equal(r_top, fast * dz)
+
+
 def test_path_average_evaluates_the_softmax_in_a_few_batched_calls():
     """A spread of 3127 needs 3 127 panels × 16 nodes; they go through the softmax in a few batched calls."""
     z = torch.zeros(2, 5, dtype=torch.float64)
