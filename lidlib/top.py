@@ -48,9 +48,12 @@ def path_average(fn: Callable[[torch.Tensor], torch.Tensor], z_ref: torch.Tensor
 
     ``n_steps = k`` samples the path at ``z_ref + (k/n) dz``, k = 1..n (a right Riemann sum, as in
     the paper); ``n_steps = None`` integrates exactly up to floating point with a composite
-    16-point Gauss-Legendre rule whose panel count grows with the spread of ``dz``, because the
-    softmax along the path is analytic but can be steep.  ``fn`` must accept a leading axis of
-    path points, (T, B, K): the points are evaluated in chunks of that shape, not one by one.
+    16-point Gauss-Legendre rule, one panel per 2 units of the spread ``L = max ΔZ − min ΔZ``: the
+    softmax along the path is analytic but can be steep, and has no pole within ``π/L`` of the real
+    ``t`` axis (there ``Σ_j exp(Ẑ_j + tΔZ_j)`` has a positive real part), so on every panel the rule's
+    error falls like ``ρ^−32`` with ``ρ = π + √(π² + 1) ≈ 6.4``, far below rounding.  ``fn`` must
+    accept a leading axis of path points, (T, B, K): the points are evaluated in chunks of that
+    shape, not one by one.
     """
     t, w, chunk = _nodes(dz, n_steps)
     acc = torch.zeros_like(dz)
@@ -68,7 +71,7 @@ def _nodes(dz: torch.Tensor, n_steps: Optional[int]):
         t, w = right_riemann(n_steps)
     else:
         spread = float((dz.max(dim=1).values - dz.min(dim=1).values).max()) if dz.numel() else 0.0
-        panels = int(min(4096, max(4, math.ceil(spread))))
+        panels = int(min(4096, max(4, math.ceil(spread / 2))))
         t, w = gauss_legendre(16, panels)
     chunk = max(1, 1_000_000 // max(1, dz.numel()))
     return t.to(dtype=dz.dtype, device=dz.device), w.to(dtype=dz.dtype, device=dz.device), chunk
