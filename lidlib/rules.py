@@ -1011,55 +1011,57 @@ class _Product(torch.autograd.Function):
 
 # --------------------------------------------------------------------------- normalisation
 def _norm_layout(layer, x):
-    """How a normalisation layer groups ``x``: ``(rows, unrows, γ, ε)`` with ``rows(t)`` the (R, K)
-    rows it normalises, ``unrows`` back to ``x``'s layout and ``γ`` (None: no scale) broadcastable to
-    ``x``; None for a layer whose grouping is not known here (LocalResponseNorm, RMSNorm, subclasses)."""
+    """How a normalisation layer groups ``x``: ``(group, ungroup, dims, γ, ε)`` with ``group(t)`` a
+    view of ``t`` whose dimensions ``dims`` hold one normalised group each (no copy: LayerNorm2d over
+    dimension 1, LayerNorm over its last ones, GroupNorm's ``(N, G, C/G·…)``), ``ungroup`` back to
+    ``x``'s shape and ``γ`` (None: no scale) broadcastable to ``x``; None for a layer whose grouping is
+    not known here (LocalResponseNorm, RMSNorm, subclasses)."""
+    same = lambda t: t                                          # noqa: E731
     if type(layer) is _LayerNorm2d:                              # torchvision's LayerNorm over channels
         if x.dim() != 4 or tuple(layer.normalized_shape) != (x.shape[1],):
             return None
-        n, c, h, w = x.shape
-        return (lambda t: t.permute(0, 2, 3, 1).reshape(-1, c),
-                lambda v: v.reshape(n, h, w, c).permute(0, 3, 1, 2),
-                None if layer.weight is None else layer.weight.detach().view(1, c, 1, 1), layer.eps)
+        c = x.shape[1]
+        return same, same, (1,), None if layer.weight is None else layer.weight.detach().view(1, c, 1, 1), layer.eps
     if type(layer).forward is nn.LayerNorm.forward:
         shape = tuple(layer.normalized_shape)
         if tuple(x.shape[x.dim() - len(shape):]) != shape:
             return None
-        k = math.prod(shape)
-        gamma = None if layer.weight is None else layer.weight.detach()
-        return lambda t: t.reshape(-1, k), lambda v: v.reshape(x.shape), gamma, layer.eps
+        dims = tuple(range(x.dim() - len(shape), x.dim()))
+        return same, same, dims, None if layer.weight is None else layer.weight.detach(), layer.eps
     if type(layer).forward is nn.GroupNorm.forward and x.dim() >= 2:
         n, c = x.shape[:2]
         gamma = layer.weight.detach().view(1, c, *([1] * (x.dim() - 2))) if layer.affine else None
-        return lambda t: t.reshape(n * layer.num_groups, -1), lambda v: v.reshape(x.shape), gamma, layer.eps
+        return (lambda t: t.reshape(n, layer.num_groups, -1)), (lambda v: v.reshape(x.shape)), (2,), gamma, layer.eps
     return None
 
 
 def _norm_path_sum(layout, x, x_ref, g):
-    """``(ts, ws) -> Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` of a LayerNorm/GroupNorm in closed form per row.
+    """``(ts, ws) -> Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` of a LayerNorm/GroupNorm in closed form per group.
 
-    On the path each row's centred input is linear, ``u(t) = û + tΔu``, and its scale
+    On the path each group's centred input is linear, ``u(t) = û + tΔu``, and its scale
     ``s(t) = (|u(t)|²/K + ε)^½``; ``J(t)ᵀg = (P h − u (uᵀh)/(K s²)) / s`` with ``h = γ ⊙ g`` and
-    ``P`` the centring.  So the sum over the nodes needs only four numbers per row,
+    ``P`` the centring.  So the sum over the nodes needs only four numbers per group,
     ``S = Σ w/s`` and ``T_j = Σ w t^j/s³`` (j = 0, 1, 2): the passes over the layer are made once,
     whatever the nodes."""
-    rows, unrows, gamma, eps = layout
-    u_ref = rows(x_ref.expand_as(x))
-    du = rows(x) - u_ref
-    u_ref = u_ref - u_ref.mean(1, keepdim=True)
-    du = du - du.mean(1, keepdim=True)
-    h = rows(g if gamma is None else g * gamma)
-    h = h - h.mean(1, keepdim=True)
-    k = u_ref.shape[1]
-    a, b, c = (u_ref * u_ref).sum(1), (u_ref * du).sum(1), (du * du).sum(1)
-    uh, dh = (u_ref * h).sum(1), (du * h).sum(1)
+    group, ungroup, dims, gamma, eps = layout
+    mean = lambda t: t.mean(dims, keepdim=True)                 # noqa: E731
+    u_ref = group(x_ref.expand_as(x))
+    du = group(x) - u_ref
+    u_ref = u_ref - mean(u_ref)
+    du.sub_(mean(du))
+    h = group(g) if gamma is None else group(g * gamma)
+    h = h - mean(h)
+    scratch = torch.empty_like(u_ref)                           # (one buffer for the five products)
+    dot = lambda s, t: torch.mul(s, t, out=scratch).sum(dims, keepdim=True)     # noqa: E731
+    k = math.prod(u_ref.shape[d] for d in dims)
+    a, b, c, uh, dh = dot(u_ref, u_ref), dot(u_ref, du), dot(du, du), dot(u_ref, h), dot(du, h)
 
     def total(ts, ws):
-        t, w = ts.to(x.dtype)[:, None], ws.to(x.dtype)[:, None]
-        s = ((a + 2 * t * b + t * t * c) / k + eps).sqrt()                # (nodes, R)
+        t, w = (v.to(x.dtype).view(-1, *([1] * u_ref.dim())) for v in (ts, ws))
+        s = ((a + 2 * t * b + t * t * c) / k + eps).sqrt()                # (nodes, *group shape)
         S, T0, T1, T2 = ((w / s).sum(0), (w / s ** 3).sum(0), (w * t / s ** 3).sum(0), (w * t * t / s ** 3).sum(0))
-        return unrows(h * S[:, None] - u_ref * ((uh * T0 + dh * T1) / k)[:, None]
-                      - du * ((uh * T1 + dh * T2) / k)[:, None])
+        v = torch.mul(h, S).addcmul_(u_ref, (uh * T0 + dh * T1) / k, value=-1)
+        return ungroup(v.addcmul_(du, (uh * T1 + dh * T2) / k, value=-1))
     return total
 
 
@@ -1104,7 +1106,8 @@ def norm_path_vjp(layer, x, x_ref, g, n_steps: Optional[int]):
     for m in QUADRATURE_NODES:
         v = total(*gauss_legendre(m, 1, x.dtype, x.device))
         if prev is not None:
-            err = float((v - prev).abs().max() / v.abs().max().clamp(min=torch.finfo(x.dtype).tiny))
+            big = torch.linalg.vector_norm(v, float("inf")).clamp(min=torch.finfo(x.dtype).tiny)
+            err = float(torch.linalg.vector_norm(prev.sub_(v), float("inf")) / big)      # (prev: no longer needed)
             if err <= tol:
                 return v, m, err
         prev = v
