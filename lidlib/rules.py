@@ -152,10 +152,17 @@ def register_elementwise(module_type: type, name: Optional[str] = None, kinks=()
     """Support a new element-wise activation: its forward is σ, autograd gives σ' (Sec. 2.2, Eq. 21).
     ``kinks``: the points where σ' or σ'' jumps, if any (the exact ``D̄`` of a short path across one
     is taken piece by piece: :func:`smooth_path_slope`)."""
+    try:
+        kinks = tuple(float(k) for k in kinks)
+    except (TypeError, ValueError):
+        kinks = None
+    if kinks is None or not all(math.isfinite(k) for k in kinks):
+        raise ValueError("register_elementwise: kinks must be finite numbers (the points where σ' or σ'' jumps), "
+                         "e.g. kinks=(-3.0, 3.0)")
     fam = Family(name or module_type.__name__, "smooth", (module_type,))
     FAMILIES.insert(0, fam)
     if kinks:
-        _KINKS[module_type] = lambda m, ks=tuple(float(k) for k in kinks): ks
+        _KINKS[module_type] = lambda m, ks=kinks: ks
     return fam
 
 

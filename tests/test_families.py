@@ -591,3 +591,14 @@ def test_exact_relevance_of_short_paths_across_kinks_matches_the_slow_reference(
         scale = float(r.abs().max())
         torch.testing.assert_close(e.relevance[layer][0], r, rtol=1e-6, atol=1e-6 * scale,
                                    msg=lambda m, layer=layer: f"layer {layer}: {m}")
+
+
+@pytest.mark.parametrize("kinks", [(float("nan"),), ("three",), 3.0, (0.0, float("inf"))])
+def test_register_elementwise_refuses_kinks_that_are_not_finite_numbers(kinks):
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x.abs()
+    before = list(rules.FAMILIES)
+    with pytest.raises(ValueError, match="kinks must be finite numbers"):
+        rules.register_elementwise(Odd, kinks=kinks)
+    assert rules.FAMILIES == before and Odd not in rules._KINKS
