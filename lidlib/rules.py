@@ -810,9 +810,11 @@ _DERIVATIVES = {
     nn.Sigmoid: lambda m, p, out=None: _aten.sigmoid_backward(_ones(p), torch.sigmoid(p)),
     nn.Tanh: lambda m, p, out=None: _aten.tanh_backward(_ones(p), torch.tanh(p)),
 }
-#: forward-code calls ``f(x)`` (no further arguments) with a kernel above
-_FUNCTION_DERIVATIVES = {"silu": nn.SiLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
-                         "mish": nn.Mish, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+#: the layer type a forward-code call ``f(x, *args)`` computes, by the function's name (its kernel
+#: above, its kinks below); the arguments after ``x`` are the layer's constructor arguments
+_FUNCTION_LAYERS = {"silu": nn.SiLU, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid, "mish": nn.Mish,
+                    "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "elu": nn.ELU, "elu_": nn.ELU, "celu": nn.CELU,
+                    "selu": nn.SELU, "softsign": nn.Softsign, "softplus": nn.Softplus}
 
 
 def _kernel(sigma):
@@ -820,8 +822,8 @@ def _kernel(sigma):
     if type(sigma) in _DERIVATIVES:
         return lambda p, out=None: _DERIVATIVES[type(sigma)](sigma, p, out)
     if isinstance(sigma, _Call) and not sigma.args and not sigma.kwargs:
-        kind = _FUNCTION_DERIVATIVES.get(getattr(sigma.f, "__name__", ""))
-        if kind is not None:
+        kind = _FUNCTION_LAYERS.get(getattr(sigma.f, "__name__", ""))
+        if kind in _DERIVATIVES:
             return lambda p, out=None: _DERIVATIVES[kind](None, p, out)
     return None
 
@@ -835,17 +837,14 @@ def _softplus_kink(beta=1.0, threshold=20.0):
 _KINKS = {nn.Hardswish: lambda m: (-3.0, 3.0), nn.Hardsigmoid: lambda m: (-3.0, 3.0),
           nn.ELU: lambda m: (0.0,), nn.CELU: lambda m: (0.0,), nn.SELU: lambda m: (0.0,),
           nn.Softsign: lambda m: (0.0,), nn.Softplus: lambda m: _softplus_kink(m.beta, m.threshold)}
-#: the same for forward-code calls ``f(x, *args, **kwargs)``, by the function's name
-_FUNCTION_KINKS = {"hardswish": lambda *a, **k: (-3.0, 3.0), "hardsigmoid": lambda *a, **k: (-3.0, 3.0),
-                   **{f: lambda *a, **k: (0.0,) for f in ("elu", "elu_", "celu", "selu", "softsign")},
-                   "softplus": lambda *a, **k: _softplus_kink(*a, **k)}
 
 
 def _kinks(sigma) -> tuple:
-    """The points where σ' or σ'' of ``sigma`` jumps (:data:`_KINKS`); () for a smooth one."""
+    """The points where σ' or σ'' of ``sigma`` jumps (:data:`_KINKS`; a forward-code call: those of
+    the layer it computes, :data:`_FUNCTION_LAYERS`); () for a smooth one."""
     if isinstance(sigma, _Call):
-        kinks = _FUNCTION_KINKS.get(getattr(sigma.f, "__name__", ""))
-        return () if kinks is None else kinks(*sigma.args, **sigma.kwargs)
+        kind = _FUNCTION_LAYERS.get(getattr(sigma.f, "__name__", ""))
+        return () if kind not in _KINKS else _KINKS[kind](kind(*sigma.args, **sigma.kwargs))
     return next((_KINKS[t](sigma) for t in type(sigma).__mro__ if t in _KINKS), ())
 
 
@@ -887,25 +886,24 @@ def smooth_path_slope(sigma, x, x_ref, y, y_ref, n_steps: Optional[int]) -> torc
     twice_mid, c = torch.add(x, x_ref), torch.finfo(x.dtype).eps ** (1 / 3)
     abs_mid = twice_mid.abs()
     tiny = torch.le(dx.abs_().sub_(abs_mid, alpha=c), c)
-    crossings = [_short_crossings(x, x_ref, abs_mid, twice_mid, tiny, t, c) for t in _kink_tests(_kinks(sigma))]
+    crossings = [(i, kink) for i, kink in (_short_crossings(x, x_ref, abs_mid, twice_mid, tiny, t, c)
+                                          for t in _kink_tests(_kinks(sigma))) if i is not None]
     derivative = kernel or functools.partial(_derivative, sigma)
     if kernel is not None:                                  # σ' everywhere: two cheap passes
         torch.where(tiny, kernel(twice_mid.mul_(0.5)), secant, out=secant)
     elif _position_dependent(sigma):                        # σ' by autograd, on the whole tensor
         d = torch.where(tiny, derivative(twice_mid.mul_(0.5)), secant) if tiny.any() else secant
-        for i, kink in crossings:
-            if i is not None:                               # (σ' at each side's midpoint, everywhere)
-                across, at = torch.zeros_like(tiny), torch.zeros_like(x)
-                torch.atleast_1d(across)[i], torch.atleast_1d(at)[i] = True, kink
-                d = torch.where(across, _across_kink(derivative, x, x_ref, at), d)
+        for i, kink in crossings:                           # (σ' at each side's midpoint, everywhere)
+            across, at = torch.zeros_like(tiny), torch.zeros_like(x)
+            torch.atleast_1d(across)[i], torch.atleast_1d(at)[i] = True, kink
+            d = torch.where(across, _across_kink(derivative, x, x_ref, at), d)
         return d
     else:                                                   # σ' by autograd, where it is needed
         where = torch.atleast_1d(tiny).nonzero(as_tuple=True)
         if where[0].numel():
             torch.atleast_1d(secant)[where] = derivative(torch.atleast_1d(twice_mid)[where].mul_(0.5))
     for i, kink in crossings:
-        if i is not None:
-            torch.atleast_1d(secant)[i] = _across_kink(derivative, *(torch.atleast_1d(t)[i] for t in (x, x_ref)), kink)
+        torch.atleast_1d(secant)[i] = _across_kink(derivative, *(torch.atleast_1d(t)[i] for t in (x, x_ref)), kink)
     return secant
 
 
