@@ -803,7 +803,7 @@ def _fused(op, out_name=None, **options):
 #: σ' in one fused kernel (the one autograd itself runs) for the built-in smooth activations
 _DERIVATIVES = {
     nn.SiLU: _fused(_aten.silu_backward, "grad_input"),
-    nn.Hardswish: _fused(_aten.hardswish_backward, "out"),
+    nn.Hardswish: _fused(_aten.hardswish_backward),             # (its out form copies: 2× slower)
     nn.Hardsigmoid: _fused(_aten.hardsigmoid_backward, "grad_input"),
     nn.Mish: _fused(_aten.mish_backward),
     nn.GELU: _fused(_aten.gelu_backward, "grad_input", approximate=lambda m: m.approximate),
@@ -817,15 +817,18 @@ _FUNCTION_LAYERS = {"silu": nn.SiLU, "hardswish": nn.Hardswish, "hardsigmoid": n
                     "selu": nn.SELU, "softsign": nn.Softsign, "softplus": nn.Softplus}
 
 
+def _layer_type(sigma):
+    """The layer type ``sigma`` is (a forward-code call: the one it computes, :data:`_FUNCTION_LAYERS`)."""
+    return _FUNCTION_LAYERS.get(getattr(sigma.f, "__name__", "")) if isinstance(sigma, _Call) else type(sigma)
+
+
 def _kernel(sigma):
     """``kernel(p, out=None)`` computing σ'(p) in one pass for ``sigma``, or None (autograd then)."""
-    if type(sigma) in _DERIVATIVES:
-        return lambda p, out=None: _DERIVATIVES[type(sigma)](sigma, p, out)
-    if isinstance(sigma, _Call) and not sigma.args and not sigma.kwargs:
-        kind = _FUNCTION_LAYERS.get(getattr(sigma.f, "__name__", ""))
-        if kind in _DERIVATIVES:
-            return lambda p, out=None: _DERIVATIVES[kind](None, p, out)
-    return None
+    kind = _layer_type(sigma)
+    if kind not in _DERIVATIVES or (isinstance(sigma, _Call) and (sigma.args or sigma.kwargs)):
+        return None
+    module = None if isinstance(sigma, _Call) else sigma
+    return lambda p, out=None: _DERIVATIVES[kind](module, p, out)
 
 
 def _softplus_kink(beta=1.0, threshold=20.0):
@@ -843,7 +846,7 @@ def _kinks(sigma) -> tuple:
     """The points where σ' or σ'' of ``sigma`` jumps (:data:`_KINKS`; a forward-code call: those of
     the layer it computes, :data:`_FUNCTION_LAYERS`); () for a smooth one."""
     if isinstance(sigma, _Call):
-        kind = _FUNCTION_LAYERS.get(getattr(sigma.f, "__name__", ""))
+        kind = _layer_type(sigma)
         return () if kind not in _KINKS else _KINKS[kind](kind(*sigma.args, **sigma.kwargs))
     return next((_KINKS[t](sigma) for t in type(sigma).__mro__ if t in _KINKS), ())
 
