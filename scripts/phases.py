@@ -8,7 +8,7 @@ At 32×32 the arithmetic is negligible, and what is left is the fixed cost per m
 own, and lidlib's hooks and rules.  The phases are timed by wrapping ``lidlib.engine.reference_pass``,
 ``lidlib.engine.top_relevance`` and ``torch.autograd.grad`` for the duration of the script; the
 "actual forward" is the time between the reference pass and the top.  Medians over ``--repeats``
-calls after two warm-ups, batch 1.
+calls after two warm-ups, batch 1; the two baselines interleaved (:func:`benchmark.measure_all`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import lidlib
 from lidlib import api, engine
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import TORCHVISION, plain_gradient, torchvision_with_biases, vgg16_with_biases  # noqa: E402
+from benchmark import TORCHVISION, measure_all, plain_gradient, torchvision_with_biases, vgg16_with_biases  # noqa: E402
 
 PHASES = [("checks (prepare)", "prepare start", "prepare end"), ("reference pass", "ref start", "ref end"),
           ("actual forward", "ref end", "top start"), ("top", "top start", "backward start"),
@@ -43,17 +43,6 @@ def stamp(events: dict, obj, name: str, label: str) -> None:
         finally:
             events[f"{label} end"] = time.perf_counter()
     setattr(obj, name, timed)
-
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def main():
@@ -89,8 +78,9 @@ def main():
                     for label, start, end in PHASES:
                         if start in events and end in events:
                             phases[label].append(events[end] - events[start])
-            gradient = median_ms(lambda: plain_gradient(model, x, 3), args.repeats)
-            forward = median_ms(lambda: torch.no_grad()(model)(x), args.repeats)
+            base = measure_all({"plain gradient": lambda: plain_gradient(model, x, 3),
+                                "no-grad forward": lambda: torch.no_grad()(model)(x)}, args.repeats)
+            gradient, forward = (statistics.median(base[k]) * 1e3 for k in ("plain gradient", "no-grad forward"))
             print(f"\n{name}, {size}x{size}, {args.method} (n={args.n_steps}), {args.threads} threads, "
                   f"median of {args.repeats}")
             print(f"{'':<22}{'ms':>9}{'× gradient':>12}")
