@@ -10,7 +10,10 @@ statistics of random inputs (``--bn-stats init``: torchvision's initial ones, un
 and EfficientNet's activations vanish with depth; see :func:`torchvision_with_biases`).
 
 Rows marked "input" keep only the input's relevance (``layers=[]``), the output a plain gradient
-gives; the others keep the relevance of every layer.
+gives; the others keep the relevance of every layer.  The ``--explainer`` rows add a floor for the
+latter, measured in the same run: a plain gradient that holds every layer's output and writes one
+product ``g ⊙ Y^l`` per layer (:func:`every_layer_product`), the least any explanation returning
+every layer's relevance does beyond a gradient.
 
 Every figure is a median over ``--repeats`` runs after a warm-up, batch 1, 224×224, CPU, and the
 baseline (forward + backward of the logit) is measured in the same run, interleaved with the
@@ -84,6 +87,25 @@ def plain_gradient(model, x, target):
     return g
 
 
+def every_layer_product(model, x, target):
+    """A floor for every explanation that returns the relevance of every layer, in plain PyTorch:
+    a plain gradient that also holds each layer's output ``Y^l`` until the backward pass reaches it
+    and writes ``g ⊙ Y^l`` there (Gradient × Input per layer, one new tensor per layer, no rule, no
+    reference).  An in-place layer's output shares its input's memory, which only makes the floor lower."""
+    out = []
+
+    def hold(module, args, y):
+        if isinstance(y, torch.Tensor) and y.requires_grad:
+            y.register_hook(lambda g, y=y: out.append(g * y))
+    handles = [m.register_forward_hook(hold) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        plain_gradient(model, x, target)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 def measure_all(fns: dict, repeats: int):
     """Seconds of every round per named callable, interleaved, after a warm-up; a callable whose
     warm-up raises is reported as not running here and left out."""
@@ -134,7 +156,8 @@ def explainer_rows(model, name, batches, repeats, threads):
         torch.manual_seed(1)
         x = torch.randn(b, 3, 224, 224)
         target = 3
-        fns = {"plain gradient": lambda: plain_gradient(model, x, target)}
+        fns = {"plain gradient": lambda: plain_gradient(model, x, target),
+               "floor: g ⊙ Y at every layer": lambda: every_layer_product(model, x, target)}
         for n in (10, None):
             label = "exact" if n is None else n
             explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=n)
