@@ -10,10 +10,15 @@ statistics of random inputs (``--bn-stats init``: torchvision's initial ones, un
 and EfficientNet's activations vanish with depth; see :func:`torchvision_with_biases`).
 
 Rows marked "input" keep only the input's relevance (``layers=[]``), the output a plain gradient
-gives; the others keep the relevance of every layer.  The ``--explainer`` rows add a floor for the
-latter, measured in the same run: a plain gradient that holds every layer's output and writes one
-product ``g ⊙ Y^l`` per layer (:func:`every_layer_product`), the least any explanation returning
-every layer's relevance does beyond a gradient.
+gives; the others keep the relevance of every layer.  Two rows put the methods beside plain PyTorch
+measured in the same run.  ``--explainer``: "plain g ⊙ Y at every layer", a plain gradient that holds
+every layer's output and writes ``g ⊙ Y^l`` per layer (Gradient × Input per layer, no rule, no
+reference: :func:`every_layer_product`) — what returning every layer's attribution costs in the
+simplest code (not a strict floor: its tensor hooks and fresh products cost more than lidlib's
+recorder, which writes into the increment).  On a network with smooth activations:
+"floor: gradient + 10 σ' samples", a plain gradient plus the 10 samples of σ' per activation element
+that SIG-LID-IG (n = 10) takes, by lidlib's own sampling (:func:`sampling_floor`); no n = 10
+explanation can take less with that routine.
 
 Every figure is a median over ``--repeats`` runs after a warm-up, batch 1, 224×224, CPU, and the
 baseline (forward + backward of the logit) is measured in the same run, interleaved with the
@@ -37,7 +42,7 @@ import time
 import torch
 
 import lidlib
-from lidlib import models
+from lidlib import models, rules
 
 CORE = [("LID-Taylor", 10), ("SIG-LID-IG", 10), ("SIG-LID-IG", None)]
 #: the same with only the input's relevance kept (layers=[]), the output a plain gradient gives
@@ -88,10 +93,9 @@ def plain_gradient(model, x, target):
 
 
 def every_layer_product(model, x, target):
-    """A floor for every explanation that returns the relevance of every layer, in plain PyTorch:
-    a plain gradient that also holds each layer's output ``Y^l`` until the backward pass reaches it
-    and writes ``g ⊙ Y^l`` there (Gradient × Input per layer, one new tensor per layer, no rule, no
-    reference).  An in-place layer's output shares its input's memory, which only makes the floor lower."""
+    """Every layer's attribution in the simplest plain PyTorch: a plain gradient that also holds each
+    layer's output ``Y^l`` until the backward pass reaches it and writes ``g ⊙ Y^l`` there (Gradient ×
+    Input per layer, one new tensor per layer, no rule, no reference), returned as a list."""
     out = []
 
     def hold(module, args, y):
@@ -104,6 +108,26 @@ def every_layer_product(model, x, target):
         for h in handles:
             h.remove()
     return out
+
+
+def sampling_floor(model, x, target, n_steps=10):
+    """A floor for SIG-LID-IG with ``n_steps`` samples on a network of smooth activations: a plain
+    gradient, plus the n-sample mean of σ' (Eq. 21) over every smooth activation's input on the path
+    from 0, by the fused kernel autograd itself runs, block by block in cache
+    (:func:`lidlib.rules._sampled_mean`, what an explanation computes there) — nothing else: no rule,
+    reference pass, record or substitute.  Where this alone exceeds a target, no rule meets it."""
+    kernels = {m: k for m in model.modules() if (k := rules._kernel(m)) is not None}
+
+    def sample(module, args, y):
+        with torch.no_grad():
+            xs = args[0].detach()
+            rules._sampled_mean(kernels[module], xs, torch.zeros_like(xs), n_steps)
+    handles = [m.register_forward_hook(sample) for m in kernels]
+    try:
+        return plain_gradient(model, x, target)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def measure_all(fns: dict, repeats: int):
@@ -157,7 +181,7 @@ def explainer_rows(model, name, batches, repeats, threads):
         x = torch.randn(b, 3, 224, 224)
         target = 3
         fns = {"plain gradient": lambda: plain_gradient(model, x, target),
-               "floor: g ⊙ Y at every layer": lambda: every_layer_product(model, x, target)}
+               "plain g ⊙ Y at every layer": lambda: every_layer_product(model, x, target)}
         for n in (10, None):
             label = "exact" if n is None else n
             explainer = lidlib.Explainer(model, "SIG-LID-IG", n_steps=n)
@@ -209,6 +233,8 @@ def main():
         baseline = torch.zeros_like(x)
         target = 3
         fns = {"plain gradient": lambda: plain_gradient(model, x, target)}
+        if any(rules._kernel(m) is not None for m in model.modules()):
+            fns["floor: gradient + 10 σ' samples"] = lambda: sampling_floor(model, x, target)
         runs = ([(m, 10) for m in lidlib.METHODS if m != "ScoreCAM" or args.scorecam]
                 + [("LID-IG", None), ("SIG-LID-IG", None)]) if args.all else CORE
         for m, n in runs:
@@ -226,11 +252,11 @@ def main():
         taylor = med.get("LID-Taylor (n=10)")
         print(f"\n{model.display_name if hasattr(model, 'display_name') else name}: batch 1, 224x224, "
               f"{args.threads} threads, median of {args.repeats}")
-        print(f"{'method':<28}{'median ms':>10}{'× gradient':>12}{'min–max ×':>14}{'× LID-Taylor':>14}")
+        print(f"{'method':<34}{'median ms':>10}{'× gradient':>12}{'min–max ×':>14}{'× LID-Taylor':>14}")
         for k, v in med.items():
             ratios = [t / g for t, g in zip(times[k], times["plain gradient"])]   # per round, same round's gradient
             rel = f"{v / taylor:>14.2f}" if taylor else ""
-            print(f"{k:<28}{v * 1e3:>10.1f}{v / base:>12.2f}{min(ratios):>7.2f}–{max(ratios):<6.2f}{rel}")
+            print(f"{k:<34}{v * 1e3:>10.1f}{v / base:>12.2f}{min(ratios):>7.2f}–{max(ratios):<6.2f}{rel}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ kernel's peak-RSS counter (``/proc/self/clear_refs``, Linux) and runs ONE call; 
 peak resident memory during that call minus the resident memory just before it (model and input
 loaded).  ``explainer``: TWO calls of one :class:`lidlib.Explainer`, the first computing and caching
 the reference pass, the second reusing it, so its figure includes the cached reference (whose exact
-size, the bytes of its tensors, is printed separately).
+size, the bytes of its tensors, is printed separately).  ``g⊙Y`` (every layer only): a plain
+gradient that returns ``g ⊙ Y^l`` for every layer (:func:`benchmark.every_layer_product`), every
+layer's attribution in the simplest plain PyTorch, no rule and no reference — a point of comparison,
+not a strict floor (lidlib writes each relevance into the increment it holds; this makes new tensors).
 
 The processes run with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``): every
 tensor then gets its own mapping, returned to the system when it is freed, so the peak is that of
@@ -40,7 +43,7 @@ def one(model_name: str, batch: int, what: str, method: str, n_steps, layers=Non
     import torch
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.dirname(HERE))
-    from benchmark import plain_gradient, vgg16_with_biases
+    from benchmark import every_layer_product, plain_gradient, vgg16_with_biases
 
     import lidlib
     from lidlib import models
@@ -51,6 +54,8 @@ def one(model_name: str, batch: int, what: str, method: str, n_steps, layers=Non
     explainer = lidlib.Explainer(model, method, n_steps=n_steps, layers=layers)
     if what == "plain":
         fn = lambda: plain_gradient(model, x, 3)
+    elif what == "g⊙Y":
+        fn = lambda: every_layer_product(model, x, 3)
     elif what == "explain":
         fn = lambda: lidlib.explain(model, x, 3, method, n_steps=n_steps, layers=layers)
     else:
@@ -94,19 +99,21 @@ def main():
     layers = ", input only" if args.input_only else ", every layer"
     print(f"{args.method} (n={args.n_steps}){layers}: peak RSS of one call minus RSS before it, fresh process each"
           + ("" if args.glibc_default else ", mmap threshold 128 KiB"))
+    whats = ("plain", "explain", "explainer") + (() if args.input_only else ("g⊙Y",))
     print(f"{'model':<14}{'batch':>6}{'plain MB':>10}{'explain MB':>12}{'×':>6}{'explainer MB':>14}{'×':>6}"
-          f"{'cache MB':>10}")
+          f"{'cache MB':>10}" + ("" if args.input_only else f"{'g⊙Y MB':>10}{'×':>6}"))
     for name in args.models:
         for b in args.batches:
             row = {}
-            for what in ("plain", "explain", "explainer"):
+            for what in whats:
                 out = subprocess.run([sys.executable, __file__, "--one", name, str(b), what, "--method", args.method,
                                       "--n-steps", args.n_steps] + (["--input-only"] if args.input_only else []),
                                      capture_output=True, text=True, check=True, env=env)
                 row[what] = json.loads(out.stdout.strip().splitlines()[-1])
             p, e, r = (row[w]["peak_mb"] for w in ("plain", "explain", "explainer"))
+            gy = row.get("g⊙Y", {}).get("peak_mb")
             print(f"{name:<14}{b:>6}{p:>10.0f}{e:>12.0f}{e / p:>6.2f}{r:>14.0f}{r / p:>6.2f}"
-                  f"{row['explainer']['cache_mb']:>10.0f}")
+                  f"{row['explainer']['cache_mb']:>10.0f}" + ("" if gy is None else f"{gy:>10.0f}{gy / p:>6.2f}"))
 
 
 if __name__ == "__main__":
