@@ -27,6 +27,7 @@ from .rules import (
     FAMILIES,
     apply_rule,
     call_layer,
+    derived_reference,
     family,
     function_family,
     product_rule,
@@ -389,6 +390,8 @@ class _Pass:
         self.leaves = {m for m in names if next(m.children(), None) is None}
         rule = method.rule if method is not None else rule
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
+        self.derives = {m for m in self.leaves if derived_reference(rule, m)} if rule is not None else set()
+        self.derived = set()              # kept keys whose Ŷ is not held: the actual pass recomputes it from X̂
         self.calls = {}
         self.input = None                 # the actual pass's input tensor (set by propagate)
         self.outputs = OrderedDict()      # key -> Ŷ (reference) or _record's triple (actual), in order of completion
@@ -430,12 +433,13 @@ class _Pass:
             if same is not None:          # a container handing on its last child's tensor
                 self.aliases[key] = same
                 if self._kept(key):
-                    if same not in self.outputs:
+                    if same not in self.outputs and same not in self.derived:
                         self._record(same, output)
                     self.held.add(same)
                 return None
         pooled, self._pooled_now = self._pooled_now, None
         needs_x, needs_y = self.needs.get(module, (False, False))
+        x_ref = None
         if self.method is None:           # the reference pass
             if pooled is not None:        # (a max-pool's X̂ is read off its window image)
                 self.pooled[key] = dict(image=pooled["image"])     # (not Ŷ: pooling the image again is cheap)
@@ -455,7 +459,7 @@ class _Pass:
             if new is not None:
                 output = new
         if self._kept(key):
-            self._record(key, output)
+            self._record(key, output, module, x_ref)
         elif self.method is None and needs_y:
             self.outputs[key] = output
         if id(output) not in self._first or self._same(output) is None:
@@ -464,33 +468,41 @@ class _Pass:
             self.nodes[key] = (output.grad_fn, output.output_nr)
         return output
 
-    def _record(self, key, output) -> None:
-        """Keep what is read of a kept layer's output: Ŷ^l in the reference pass, and in the actual
-        pass what the recorder multiplies by g, and whether it may write into it: ``(Y^l, None,
-        False)`` without increment; the increment ``(ΔY^l, None, True)``, taken now, where a
-        reference used once has a Ŷ^l the size of Y^l (it is given up, and Y^l is left to autograd:
-        one tensor held instead of two); else ``(Y^l, Ŷ^l, False)`` (a batch-1 Ŷ^l is smaller than
-        ΔY^l, and autograd often holds Y^l anyway)."""
+    def _record(self, key, output, module=None, x_ref=None) -> None:
+        """Keep what is read of a kept layer's output: Ŷ^l in the reference pass (not where
+        :func:`rules.derived_reference`: ``σ(X̂^l)`` is recomputed then, from the ``X̂^l`` its rule
+        reads), and in the actual pass what the recorder multiplies by g, and whether it may write
+        into it: ``(Y^l, None, False)`` without increment; the increment ``(ΔY^l, None, True)``,
+        taken now, where a reference used once has a Ŷ^l the size of Y^l (it is given up, and Y^l
+        is left to autograd: one tensor held instead of two) or Ŷ^l is recomputed; else ``(Y^l,
+        Ŷ^l, False)`` (a batch-1 Ŷ^l is smaller than ΔY^l, and autograd often holds Y^l anyway)."""
         self.held.add(key)
         if output is self.input:
             self.from_input.add(key)
         ref = self.reference
         if self.method is None:
-            self.outputs[key] = output
+            if module in self.derives and key in self.inputs:
+                self.derived.add(key)
+            else:
+                self.outputs[key] = output
             return
         if ref is None:
             self.outputs[key] = (output, None, False)
             return
         y_ref = ref.outputs.get(key) if ref.shared else ref.outputs.pop(key, None)
+        own = y_ref is None and key in ref.derived and x_ref is not None
+        if own:
+            with torch._C.DisableTorchFunction():  # (lidlib's arithmetic, not the model's forward code)
+                y_ref = type(module).forward(module, x_ref)
         if y_ref is None:
             raise ValueError(f"layer {key!r} ran on X but not on the reference X̂: the model's forward code takes a "
                              "different path for the input than for the baseline; lidlib needs the same computation "
                              "for both (remove the input-dependent branch, or explain the layers both paths share)")
-        if ref.shared or y_ref.shape != output.shape:
+        if (ref.shared and not own) or y_ref.shape != output.shape:
             self.outputs[key] = (output, y_ref, False)
             return
-        with torch._C.DisableTorchFunction():      # (lidlib's arithmetic, not the model's forward code)
-            self.outputs[key] = (torch.sub(output.detach(), y_ref), None, True)
+        with torch._C.DisableTorchFunction():
+            self.outputs[key] = (torch.sub(output.detach(), y_ref, out=y_ref if own else None), None, True)
 
     # ----------------------------------------------------------------- forward code outside layers
     def _caller_name(self, caller) -> str:

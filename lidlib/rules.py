@@ -751,6 +751,14 @@ def apply_rule(rule: Rule, module: nn.Module, x, x_ref, y, y_ref, n_steps, poole
     return linear_substitute(rule, module, x, x_ref, y, y_ref)
 
 
+def derived_reference(rule: Rule, module: nn.Module) -> bool:
+    """Whether the actual pass recomputes this layer's reference output ``Ŷ = σ(X̂)`` from the ``X̂`` its
+    replacement reads, instead of the reference pass keeping it: a piecewise-linear σ (a max, a min or
+    a product by a constant, so the same numbers) costs one cheap pass, against one tensor the size of
+    the layer's output held from the reference pass to the actual one (or cached by an Explainer)."""
+    return _replacement(rule, module) == "elementwise"
+
+
 def reference_needs(rule: Rule, module: nn.Module) -> Tuple[bool, bool]:
     """Which of the layer's reference input ``X̂`` and output ``Ŷ`` its replacement under ``rule``
     reads (:func:`apply_rule`): the reference pass keeps only these (and the kept layers' ``Ŷ``)."""

@@ -89,6 +89,35 @@ def test_the_reference_keeps_only_what_the_kept_layers_and_the_rules_read(n_step
         assert explainer.reference_passes == passes, method
 
 
+@pytest.mark.parametrize("n_steps", [3, None])
+@pytest.mark.parametrize("base", ["number", "one tensor", "per sample"])
+def test_a_piecewise_linear_layers_reference_output_is_recomputed_not_held(base, n_steps, monkeypatch):
+    """Every layer kept: the reference holds no Ŷ of the ReLU, LeakyReLU, Hardtanh and ReLU6 layers (their
+    rule reads X̂, and the actual pass recomputes Ŷ = σ(X̂) from it: rules.derived_reference), and the
+    relevance of every layer is the same, bit for bit, as with every Ŷ held — through explain (batch 3 with
+    a batch-1 reference, or one per sample) and through an Explainer, whose cache is that much smaller."""
+    from lidlib import engine
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(3, 3, 3, padding=1),
+                          nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Hardtanh(-0.5, 0.7), nn.Flatten(),
+                          nn.Linear(48, 6), nn.ReLU6(), nn.Linear(6, 4)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    kw = dict(baseline=BASELINES[base], n_steps=n_steps)
+    explainer = lidlib.Explainer(model, "SIG-LID-IG", **kw)
+    derived = [explainer(X, T), lidlib.explain(model, X, T, "SIG-LID-IG", **kw)]
+    ref = explainer._reference.pass_
+    assert ref.derived == {"1", "3", "5", "8"} and not ref.derived & set(ref.outputs)
+    assert "4" in ref.pooled and {"0", "2", "7"} <= set(ref.outputs)
+    cache = lambda p: sum(t.numel() for t in p.outputs.values())
+    monkeypatch.setattr(engine, "derived_reference", lambda rule, module: False)
+    held = lidlib.Explainer(model, "SIG-LID-IG", **kw)
+    for a, b in zip(derived, [held(X, T), lidlib.explain(model, X, T, "SIG-LID-IG", **kw)]):
+        _same(a, b)
+    assert not held._reference.pass_.derived and cache(held._reference.pass_) > cache(ref)
+
+
 @pytest.mark.parametrize("method", ["SIG-LID-IG", "LID-Taylor", "LID-IG"])
 def test_kept_containers_and_leaves_give_the_relevance_of_every_layer(method):
     """A kept container whose output is its last child's (an alias), a kept leaf inside it, and a
