@@ -636,6 +636,10 @@ def path_shares(a: torch.Tensor, b: torch.Tensor, n_steps: Optional[int]) -> tor
     return (hi - lo).clamp(min=0)
 
 
+#: elements per block of a max-pool's backward pass (its int64 window positions are made per block)
+POOL_BLOCK = 1 << 20
+
+
 def maxpool_substitute(module, x, x_ref, y, y_ref, n_steps, pooled=None, pooled_ref=None) -> torch.Tensor:
     """Replacement output of a max-pool layer whose backward applies ``D̄`` (Eq. 21): the output
     gradient goes to ``w0`` and ``w1`` of each window with their shares (and to every input of a
@@ -647,15 +651,22 @@ def maxpool_substitute(module, x, x_ref, y, y_ref, n_steps, pooled=None, pooled_
     def vjp(g, k0, s0, k1, window=None, pos=None, w=None):
         gg = g[None] if squeeze else g
         B, C = gg.shape[:2]
-        gf = gg.reshape(B, C, -1)
-        where = _window_positions(module, hw, out_hw).to(g.device).permute(0, 2, 1, 3).reshape(1, 1, gf.shape[2], -1)
-        i0, i1 = (where.expand(B, C, -1, -1).gather(3, k.long()[..., None])[..., 0] for k in (k0, k1))
-        s0 = s0.to(g.dtype).div_(n_steps) if s0.dtype == torch.int8 else s0
-        s1 = torch.sub(1, s0)
-        if window is not None:
-            s1.view(-1).index_fill_(0, window, 0.0)
-        out = gf.new_zeros(B, C, hw[0] * hw[1])
-        out.scatter_add_(2, i0, gf * s0).scatter_add_(2, i1, gf * s1)
+        gf = gg.reshape(B * C, -1)
+        L = gf.shape[1]
+        where = _window_positions(module, hw, out_hw).to(g.device).permute(0, 2, 1, 3).reshape(1, L, -1)
+        k0, s0, k1 = k0.view(B * C, L), s0.view(B * C, L), k1.view(B * C, L)
+        out = gf.new_zeros(B * C, hw[0] * hw[1])
+        step = max(1, POOL_BLOCK // L)          # planes at a time: the int64 positions of a block, not of all
+        for p0 in range(0, B * C, step):
+            p1 = min(p0 + step, B * C)
+            i0, i1 = (where.expand(p1 - p0, -1, -1).gather(2, k[p0:p1].long()[..., None])[..., 0] for k in (k0, k1))
+            a0 = s0[p0:p1].to(g.dtype).div_(n_steps) if s0.dtype == torch.int8 else s0[p0:p1]
+            a1 = torch.sub(1, a0)
+            if window is not None:              # the general windows: w1 has no share there
+                inside = window[(window >= p0 * L) & (window < p1 * L)]
+                a1.view(-1).index_fill_(0, inside - p0 * L, 0.0)
+            gb = gf[p0:p1]
+            out[p0:p1].scatter_add_(1, i0, gb * a0).scatter_add_(1, i1, gb * a1)
         if window is not None:
             out.view(-1).index_add_(0, pos.view(-1), (gf.reshape(-1).index_select(0, window)[:, None] * w).view(-1))
         out = out.view(B, C, *hw)

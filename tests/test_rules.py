@@ -208,6 +208,31 @@ def test_maxpool_batch_broadcast_and_unbatched_inputs(pool, n):
     assert torch.equal(zero, grad(x, torch.zeros_like(x), grad_out))
 
 
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1), nn.MaxPool2d(3, stride=1)])
+@pytest.mark.parametrize("n", [10, None, 200])
+def test_maxpool_backward_in_blocks_of_planes_is_the_same(monkeypatch, pool, n):
+    """The max-pool's backward pass makes its int64 window positions a block of planes at a time
+    (rules.POOL_BLOCK): any block size, down to one plane, gives the same gradient bit for bit, with
+    windows solved in general (a third line on top at t*) present, and matches the slow reference."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 5, 9, 9, generator=g, dtype=torch.float64)
+    x_ref = torch.randn(1, 5, 9, 9, generator=g, dtype=torch.float64) * 0.5
+    grad_out = torch.randn(pool(x).shape, generator=g, dtype=torch.float64)
+    assert rules.maxpool_path_weights(pool, x, x_ref, pool(x).shape[-2:], n)["rows"] is not None
+
+    def grad():
+        xg = x.clone().requires_grad_(True)
+        return torch.autograd.grad(rules.maxpool_substitute(pool, xg, x_ref, pool(xg), None, n), xg, grad_out)[0]
+    monkeypatch.setattr(rules, "POOL_BLOCK", 10 ** 9)
+    whole = grad()
+    for block in (1, 30, 100, 500):
+        monkeypatch.setattr(rules, "POOL_BLOCK", block)
+        assert torch.equal(grad(), whole), block
+    for b in range(3):
+        A = reference.maxpool_matrix(pool, x.shape[1:], x[b].reshape(-1), x_ref[0].reshape(-1), n)
+        assert torch.allclose(whole[b].reshape(-1), grad_out[b].reshape(-1) @ A, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["random", "vgg", "grid"])
 def test_tiled_pool_is_the_layer_and_feeds_the_same_path_average(kind):
     """rules.tiled_pool (the engine's forward for path-averaged VGG-style pools) gives the layer's
