@@ -39,7 +39,8 @@ class Explainer:
     ``negative_slope``: call :meth:`reset` after such changes.
 
     The reference keeps only what the rules read and the outputs ``Ŷ^l`` of the layers kept
-    (``layers``).  ``method``, ``baseline``, ``n_steps`` and ``layers`` are plain attributes and may
+    (``layers``) — not those of ReLU-like layers, which each call recomputes from the ``X̂^l`` their
+    rule reads (:func:`lidlib.rules.derived_reference`).  ``method``, ``baseline``, ``n_steps`` and ``layers`` are plain attributes and may
     be reassigned between calls: ``n_steps`` never invalidates the reference, nor do ``layers`` among
     those it recorded (``layers=None`` records every layer).  The LRP family
     (no reference) and the comparison methods (IG, CAMs) are passed on to :func:`lidlib.explain` unchanged.
