@@ -40,10 +40,11 @@ class Explainer:
 
     The reference keeps only what the rules read and the outputs ``Ŷ^l`` of the layers kept
     (``layers``) — not those of ReLU-like layers, which each call recomputes from the ``X̂^l`` their
-    rule reads (:func:`lidlib.rules.derived_reference`).  ``method``, ``baseline``, ``n_steps`` and ``layers`` are plain attributes and may
-    be reassigned between calls: ``n_steps`` never invalidates the reference, nor do ``layers`` among
-    those it recorded (``layers=None`` records every layer).  The LRP family
-    (no reference) and the comparison methods (IG, CAMs) are passed on to :func:`lidlib.explain` unchanged.
+    rule reads (:func:`lidlib.rules.derived_reference`).  ``method``, ``baseline``, ``n_steps`` and
+    ``layers`` are plain attributes and may be reassigned between calls: ``n_steps`` never
+    invalidates the reference, nor do ``layers`` among those it recorded (``layers=None`` records
+    every layer).  The LRP family (no reference) and the comparison methods (IG, CAMs) are passed on
+    to :func:`lidlib.explain` unchanged.
     No hooks stay on the model between calls and the model is left unchanged; calls hold the model's
     lock (:func:`lidlib.engine.exclusive`), so one explainer may be used from several threads.  The
     cached reference keeps those tensors of one reference forward pass alive (batch 1 for a single
