@@ -390,8 +390,8 @@ class _Pass:
         self.leaves = {m for m in names if next(m.children(), None) is None}
         rule = method.rule if method is not None else rule
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
-        self.derives = ({m for m in self.leaves if derived_reference(rule, m)}    # (read by the reference pass)
-                        if method is None and rule is not None else set())
+        self.derives = ({m for m, (reads_x, _) in self.needs.items() if reads_x and derived_reference(rule, m)}
+                        if method is None else set())     # (read by the reference pass; their rule reads X̂)
         self.derived = set()              # kept keys whose Ŷ is not held: the actual pass recomputes it from X̂
         self.calls = {}
         self.input = None                 # the actual pass's input tensor (set by propagate)
