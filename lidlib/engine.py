@@ -32,8 +32,10 @@ from .rules import (
     function_family,
     product_rule,
     reference_needs,
+    self_attention,
     supported_layers,
     tiled_pool,
+    unexplained,
 )
 from .top import top_relevance
 
@@ -387,7 +389,7 @@ class _Pass:
                  n_steps=None, keep=None, rule=None):
         self.names, self.reference, self.method, self.n_steps = names, reference, method, n_steps
         self.keep, self.shared = keep, False      # shared: a reference kept for reuse (set by Reference)
-        self.leaves = {m for m in names if next(m.children(), None) is None}
+        self.leaves = {m for m in names if next(m.children(), None) is None or family(m) is not None}
         rule = method.rule if method is not None else rule
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
         self.derives = ({m for m, (reads_x, _) in self.needs.items() if reads_x and derived_reference(rule, m)}
@@ -403,6 +405,7 @@ class _Pass:
         self.aliases = {}                 # container key -> key of the same output tensor
         self.pooled = {}                  # key -> rules.tiled_pool of a max-pool call
         self._pooled_now = None
+        self._attention_now = None        # (rules.SelfAttention, x) of the attention call running
         self.nodes = {}                   # key -> (autograd node, output index) that produced the output
         self.functional = {}              # forward-code call key -> (input(s), output) (reference pass)
 
@@ -411,6 +414,17 @@ class _Pass:
         window image for the layer's path average; the layer's own forward where that does not apply."""
         self._pooled_now = tiled_pool(module, x)
         return type(module).forward(module, x) if self._pooled_now is None else self._pooled_now["y"]
+
+    def attention_forward(self, module: nn.MultiheadAttention, *args, **kwargs):
+        """An attention layer's forward (the same values), keeping the call as a layer of its input
+        (:func:`rules.self_attention`) for the layer's path average; cross-attention is refused."""
+        call = self_attention(module, args, kwargs)
+        if call is None:
+            raise TypeError(f"lidlib cannot explain layer {self.names[module]!r} (MultiheadAttention): it is called "
+                            "with a different query, key or value (cross-attention); lidlib's rule is for "
+                            "self-attention, mha(x, x, x), the layer of one input")
+        self._attention_now = call
+        return type(module).forward(module, *args, **kwargs)
 
     def _kept(self, key) -> bool:
         return self.keep is None or key in self.keep
@@ -423,6 +437,13 @@ class _Pass:
         return first[0]
 
     def hook(self, module, args, output):
+        layer, rest = module, None
+        if self._attention_now is not None and self._attention_now[0].module is module:
+            (layer, x), self._attention_now = self._attention_now, None      # (output: (y, weights or None))
+            args, output, rest = (x,), output[0], output[1]
+        elif isinstance(module, nn.MultiheadAttention) and module in self.leaves:
+            raise TypeError(f"lidlib cannot explain layer {self.names[module]!r} (MultiheadAttention): its forward "
+                            "is replaced by an instance attribute, so lidlib cannot see the call; remove it")
         if not isinstance(output, torch.Tensor):
             return None
         name = self.names[module]
@@ -456,9 +477,12 @@ class _Pass:
                 x_ref = ref.inputs.get(key) if ref.shared else ref.inputs.pop(key, None)
                 y_ref = ref.outputs.get(key) if ref.shared or key in ref.held else ref.outputs.pop(key, None)
                 pooled_ref = ref.pooled.get(key) if ref.shared else ref.pooled.pop(key, None)
-            new = apply_rule(self.method.rule, module, x, x_ref, output, y_ref, self.n_steps, pooled, pooled_ref)
+            new = apply_rule(self.method.rule, layer, x, x_ref, output, y_ref, self.n_steps, pooled, pooled_ref)
             if new is not None:
                 output = new
+            if rest is not None:          # attention weights: the logits must not depend on them
+                rest = unexplained(rest, f"the attention weights of layer {name!r} reach the logits, and lidlib has "
+                                         "no rule for them; call the layer with need_weights=False")
         if self._kept(key):
             self._record(key, output, module, x_ref)
         elif self.method is None and needs_y:
@@ -467,7 +491,7 @@ class _Pass:
             self._first[id(output)] = (key, weakref.ref(output), output._version)
         if output.grad_fn is not None:
             self.nodes[key] = (output.grad_fn, output.output_nr)
-        return output
+        return output if layer is module else (output, rest)
 
     def _record(self, key, output, module=None, x_ref=None) -> None:
         """Keep what is read of a kept layer's output: Ŷ^l in the reference pass (not where
@@ -625,10 +649,14 @@ def _layers(model: nn.Module):
     return {m: name for name, m in walk(model) if name}
 
 
-def _pool_forwards(pass_: "_Pass", method: Method):
-    """A path-averaged max-pool pools through its window image in both passes (rules.tiled_pool)."""
+def _forwards(pass_: "_Pass", method: Method):
+    """A path-averaged max-pool pools through its window image in both passes (rules.tiled_pool);
+    an attention layer keeps its call as a layer of its input (:meth:`_Pass.attention_forward`)."""
     pools = [m for m in pass_.leaves if type(m).forward is nn.MaxPool2d.forward and method.rule.maxpool != "D"]
-    return {m: (lambda x, m=m: pass_.pool_forward(m, x)) for m in pools}
+    forwards = {m: (lambda x, m=m: pass_.pool_forward(m, x)) for m in pools}
+    forwards.update({m: (lambda *a, m=m, **k: pass_.attention_forward(m, *a, **k))
+                     for m in pass_.leaves if isinstance(m, nn.MultiheadAttention)})
+    return forwards
 
 
 def reference_pass(model: nn.Module, baseline: torch.Tensor, method: Method, shared: bool = False,
@@ -638,7 +666,7 @@ def reference_pass(model: nn.Module, baseline: torch.Tensor, method: Method, sha
     names = _layers(model)
     guard = _FunctionalGuard()
     reference = _Pass(names, keep=keep, rule=method.rule)
-    with patched(model, _pool_forwards(reference, method)) as handles:
+    with patched(model, _forwards(reference, method)) as handles:
         handles += _install(model, _shape_check(names, x_shape), reference, guard)
         with torch.no_grad(), guard:
             z_ref = model(baseline)
@@ -663,7 +691,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: torch.Tensor, method: M
     ref = reference.pass_ if reference is not None else None
     z_ref = reference.z_ref if reference is not None else torch.zeros((), dtype=x.dtype, device=x.device)
     actual = _Pass(names, ref, method, n_steps, keep=keep)
-    with patched(model, _pool_forwards(actual, method)) as handles:
+    with patched(model, _forwards(actual, method)) as handles:
         handles += _install(model, _shape_check(names, x.shape), actual, guard)
         with torch.enable_grad():
             x_in = actual.input = x.detach().clone().requires_grad_(True)

@@ -20,6 +20,7 @@ output of one layer call: the same values, with the rule's matrix in the backwar
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import math
 import warnings
@@ -54,7 +55,8 @@ class Family:
     ``"piecewise"`` (element-wise, piecewise linear: closed-form ``D̄``, Eq. 21), ``"smooth"``
     (any other element-wise σ: ``D̄`` from σ' at the samples, the secant slope exactly),
     ``"maxpool"``, ``"norm"`` (a layer-local path average of the layer's Jacobian: samples, or a
-    Gauss–Legendre quadrature whose error is measured) or ``"refused"`` (with ``hint``).
+    Gauss–Legendre quadrature whose error is measured), ``"attention"`` (the same for a
+    self-attention call, :class:`SelfAttention`) or ``"refused"`` (with ``hint``).
     ``modules``: layer types; ``functions``: names of the torch functions that compute the same
     thing in a model's forward code; ``as_module(args, kwargs) -> (layer, input)`` builds the layer
     of such a call (default: ``modules[0]()``)."""
@@ -131,10 +133,12 @@ FAMILIES = [
     Family("products of two tensors", "product", (), ("mul", "__mul__", "__rmul__", "multiply")),
     Family("normalisation", "norm", (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
            + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())),
-    Family("attention and recurrent layers", "refused",
-           (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer,
-            nn.RNNBase), hint="their softmax attention (or recurrence) mixes several inputs non-linearly and "
-                              "has no path-averaged rule in lidlib yet; explain a convolutional model"),
+    Family("self-attention", "attention", (nn.MultiheadAttention,)),
+    Family("transformer and recurrent layers", "refused",
+           (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer, nn.RNNBase),
+           hint="their fused inference path skips their sub-layers, and a recurrence has no path-averaged rule "
+                "in lidlib; write the block from nn.MultiheadAttention (self-attention), LayerNorm and Linear "
+                "layers, as torchvision's Vision Transformer does"),
     Family("output softmax", "refused", (nn.Softmax, nn.LogSoftmax, nn.Softmin),
            hint="the model must return logits: drop the final Softmax (the SG/ST/SIG tops apply it)"),
 ]
@@ -709,9 +713,11 @@ def maxpool_epsilon_substitute(rule: Rule, module, x, y, y_ref) -> torch.Tensor:
 
 def layer_kind(module: nn.Module) -> Optional[str]:
     """The family kind of a supported leaf (``"linear"``, ``"elementwise"`` for piecewise-linear,
-    ``"smooth"``, ``"maxpool"``, ``"norm"``), else None."""
+    ``"smooth"``, ``"maxpool"``, ``"norm"``, ``"attention"``), else None."""
     if isinstance(module, _Call):                 # a forward-code call of a smooth function
         return "smooth"
+    if isinstance(module, SelfAttention):         # one call of a self-attention layer
+        return "attention"
     fam = family(module)
     if fam is None or fam.kind == "refused":
         return None
@@ -727,7 +733,7 @@ def _replacement(rule: Rule, module: nn.Module) -> Optional[str]:
     """Which replacement ``rule`` makes of this layer (a key of :data:`_READS`), or None (the plain
     gradient).  Smooth activations and normalisation layers follow ``rule.elementwise``."""
     kind = layer_kind(module)
-    if kind in ("elementwise", "smooth", "norm"):
+    if kind in ("elementwise", "smooth", "norm", "attention"):
         return kind if rule.elementwise != "D" else None
     if kind == "maxpool":
         return {"D": None, "ε": "maxpool ε"}.get(rule.maxpool, "maxpool")
@@ -738,7 +744,8 @@ def _replacement(rule: Rule, module: nn.Module) -> Optional[str]:
 
 #: which of the layer's reference input X̂ and output Ŷ each replacement reads (the smooth secant
 #: reads σ(x̂) = ŷ; a max-pool reads X̂ or its window image)
-_READS = {"elementwise": (True, False), "smooth": (True, True), "norm": (True, False), "maxpool": (True, False),
+_READS = {"elementwise": (True, False), "smooth": (True, True), "norm": (True, False), "attention": (True, False),
+          "maxpool": (True, False),
           "maxpool ε": (False, True), "linear z+": (True, True), "linear ε": (False, True)}
 
 
@@ -753,7 +760,7 @@ def apply_rule(rule: Rule, module: nn.Module, x, x_ref, y, y_ref, n_steps, poole
         return elementwise_substitute(module, x, x_ref, y, y_ref, _steps(rule.elementwise, n_steps))
     if how == "smooth":
         return smooth_substitute(module, x, x_ref, y, y_ref, _steps(rule.elementwise, n_steps))
-    if how == "norm":
+    if how in ("norm", "attention"):                # (attention: ``module`` is the SelfAttention call)
         return norm_substitute(module, x, x_ref, y, _steps(rule.elementwise, n_steps))
     if how == "maxpool ε":
         return maxpool_epsilon_substitute(rule, module, x, y, y_ref)
@@ -1051,18 +1058,19 @@ def _norm_layout(layer, x):
     ``x``'s shape and ``γ`` (None: no scale) broadcastable to ``x``; None for a layer whose grouping is
     not known here (LocalResponseNorm, RMSNorm, subclasses)."""
     same = lambda t: t                                          # noqa: E731
+    forward = getattr(type(layer), "forward", None)             # (None: a SelfAttention call)
     if type(layer) is _LayerNorm2d:                              # torchvision's LayerNorm over channels
         if x.dim() != 4 or tuple(layer.normalized_shape) != (x.shape[1],):
             return None
         c = x.shape[1]
         return same, same, (1,), None if layer.weight is None else layer.weight.detach().view(1, c, 1, 1), layer.eps
-    if type(layer).forward is nn.LayerNorm.forward:
+    if forward is nn.LayerNorm.forward:
         shape = tuple(layer.normalized_shape)
         if tuple(x.shape[x.dim() - len(shape):]) != shape:
             return None
         dims = tuple(range(x.dim() - len(shape), x.dim()))
         return same, same, dims, None if layer.weight is None else layer.weight.detach(), layer.eps
-    if type(layer).forward is nn.GroupNorm.forward and x.dim() >= 2:
+    if forward is nn.GroupNorm.forward and x.dim() >= 2:
         n, c = x.shape[:2]
         gamma = layer.weight.detach().view(1, c, *([1] * (x.dim() - 2))) if layer.affine else None
         return (lambda t: t.reshape(n, layer.num_groups, -1)), (lambda v: v.reshape(x.shape)), (2,), gamma, layer.eps
@@ -1126,7 +1134,7 @@ QUADRATURE_NODES = (8, 16, 32, 64, 128)
 
 
 def norm_path_vjp(layer, x, x_ref, g, n_steps: Optional[int]):
-    """``D̄ᵀg`` of a normalisation layer on its own input path ``x̂ → x`` (Eq. 21, layer-local).
+    """``D̄ᵀg`` of a normalisation (or self-attention) layer on its own input path ``x̂ → x`` (Eq. 21, layer-local).
 
     ``n_steps = n``: the layer's Jacobian at ``t = k/n``, k = 1..n.  ``None``: Gauss–Legendre with
     8, 16, 32, … nodes until two successive rules agree to ``64·ε`` (relative, max-norm).  Returns
@@ -1152,8 +1160,74 @@ def norm_path_vjp(layer, x, x_ref, g, n_steps: Optional[int]):
 
 
 def norm_substitute(layer, x, x_ref, y, n_steps) -> torch.Tensor:
-    """Replacement output of a normalisation layer whose backward applies its layer-local ``D̄``
-    (the layer evaluated on its own input path — not the whole network)."""
+    """Replacement output of a normalisation (or self-attention) layer whose backward applies its
+    layer-local ``D̄`` (the layer evaluated on its own input path — not the whole network)."""
     xd = x.detach()
     x_ref = x_ref.to(xd.dtype) if isinstance(x_ref, torch.Tensor) and x_ref.dim() else torch.zeros_like(xd)
     return substitute(x, y, lambda g, xd, x_ref: norm_path_vjp(layer, xd, x_ref, g, n_steps)[0], xd, x_ref)
+
+
+# --------------------------------------------------------------------------- self-attention
+class SelfAttention:
+    """One call ``mha(x, x, x, **masks)`` of an ``nn.MultiheadAttention`` as a layer of ``x`` alone,
+    whose ``D̄`` is layer-local as a normalisation layer's (Eq. 21: :func:`norm_path_vjp`).
+
+    Called on ``m`` copies of ``x`` stacked along dimension 0 (the path points of
+    :func:`_layer_path_vjp`), it attends within each copy: a sequence-first ``(L, N, E)`` input is
+    regrouped so that the copies extend the batch, and the masks are repeated for them."""
+
+    def __init__(self, module: nn.MultiheadAttention, x: torch.Tensor, masks: dict):
+        self.module, self.shape, self.masks = module, tuple(x.shape), masks
+
+    def __call__(self, p: torch.Tensor) -> torch.Tensor:
+        L, E = (self.shape[0], self.shape[-1]) if len(self.shape) == 2 or not self.module.batch_first \
+            else self.shape[1:]
+        m = p.shape[0] // self.shape[0]
+        if len(self.shape) == 3 and not self.module.batch_first:          # (m·L, N, E) -> (L, m·N, E)
+            q = p.view(m, *self.shape).transpose(0, 1).reshape(L, -1, E)
+        else:                                                             # (m·N, L, E); (m·L, E) -> (m, L, E)
+            q = p.view(-1, L, E)
+            q = q if self.module.batch_first else q.transpose(0, 1)
+        masks = dict(self.masks)
+        if masks.get("key_padding_mask") is not None:
+            masks["key_padding_mask"] = masks["key_padding_mask"].reshape(-1, masks["key_padding_mask"].shape[-1]) \
+                .repeat(m, 1)
+        if masks.get("attn_mask") is not None and masks["attn_mask"].dim() == 3:
+            masks["attn_mask"] = masks["attn_mask"].repeat(m, 1, 1)
+        y = type(self.module).forward(self.module, q, q, q, need_weights=False, **masks)[0]
+        if len(self.shape) == 3 and not self.module.batch_first:
+            return y.view(L, m, *self.shape[1:]).transpose(0, 1).reshape(p.shape)
+        return (y if self.module.batch_first else y.transpose(0, 1)).reshape(p.shape)
+
+
+_ATTENTION_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
+
+
+def self_attention(module: nn.MultiheadAttention, args, kwargs) -> Optional[Tuple[SelfAttention, torch.Tensor]]:
+    """``(layer, x)`` of a call ``module(*args, **kwargs)`` that attends ``x`` to itself (query,
+    key and value the same tensor), else None (cross-attention)."""
+    bound = _ATTENTION_SIGNATURE.bind(module, *args, **kwargs).arguments
+    x = bound["query"]
+    if bound["key"] is not x or bound["value"] is not x:
+        return None
+    masks = {k: bound[k] for k in ("key_padding_mask", "attn_mask", "is_causal") if k in bound}
+    return SelfAttention(module, x, masks), x
+
+
+class _Unexplained(torch.autograd.Function):
+    """``t`` itself, whose backward pass refuses with ``message``: an output without a rule that
+    the logits must not depend on (it is only reached if they do)."""
+
+    @staticmethod
+    def forward(ctx, t, message):
+        ctx.message = message
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise TypeError(ctx.message)
+
+
+def unexplained(t: torch.Tensor, message: str) -> torch.Tensor:
+    """See :class:`_Unexplained`."""
+    return _Unexplained.apply(t, message)

@@ -165,6 +165,11 @@ def _efficientnet_v2(**kw):
     return tvm.EfficientNet(setting, dropout=0.2, last_channel=64, **kw)
 
 
+def _vit(**kw):
+    from torchvision.models.vision_transformer import VisionTransformer
+    return VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8, mlp_dim=16, **kw)
+
+
 #: (builder, input size, names (re.fullmatch) of the modules whose outputs cut the network)
 FAMILY_MODELS = {
     "resnet18": (tvm.resnet18, 32, r"layer\d\.\d|maxpool"),
@@ -181,6 +186,7 @@ FAMILY_MODELS = {
     "shufflenet_v2": (tvm.shufflenet_v2_x0_5, 32, r"maxpool|stage\d(\.\d)?"),
     "mnasnet": (tvm.mnasnet0_5, 32, r"layers\.\d+"),
     "convnext": (_convnext, 32, r"features\.\d(\.\d)?"),
+    "vit": (_vit, 16, r"conv_proj|encoder\.layers\.encoder_layer_\d"),
 }
 
 
@@ -315,11 +321,108 @@ def test_shufflenet_empty_sequential_is_an_identity():
 
 
 # ----------------------------------------------------------------------------- refusals
-def test_multihead_attention_and_vit_are_refused_by_name():
-    from torchvision.models.vision_transformer import VisionTransformer
-    vit = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16).eval()
-    with pytest.raises(TypeError, match=r"encoder\.layers\.encoder_layer_0\.self_attention.*MultiheadAttention.*attention"):
-        lidlib.explain(vit, torch.randn(1, 3, 16, 16), 0, "LID-IG")
+class _Attend(nn.Module):
+    """Linear → tokens → self-attention (sequence-first, batch-first or one unbatched sequence,
+    with masks) → Linear: the signal at the attention's output is the head's weight row."""
+    L, E = 3, 4
+
+    def __init__(self, layout, masks):
+        super().__init__()
+        self.layout, self.masks = layout, masks
+        self.inp, self.out = nn.Linear(5, self.L * self.E), nn.Linear(self.L * self.E, 3)
+        self.mha = nn.MultiheadAttention(self.E, 2, batch_first=layout == "batch first")
+
+    def forward(self, x):
+        h = self.inp(x).view(-1, self.L, self.E)
+        h = h[0] if self.layout == "unbatched" else h.transpose(0, 1) if self.layout == "sequence first" else h
+        y = self.mha(h, h, h, need_weights=False, **self.masks)[0]
+        y = y.transpose(0, 1) if self.layout == "sequence first" else y
+        return self.out(y.reshape(len(x), -1))
+
+    def sample(self, h, i):
+        """The attention of sample ``i`` alone, as a function of its flat tokens (the slow reference's layer)."""
+        masks = {k: (v[i:i + 1] if k == "key_padding_mask" and self.layout != "unbatched" else v)
+                 for k, v in self.masks.items()}
+        h = h.view(1, self.L, self.E) if self.mha.batch_first else h.view(self.L, 1, self.E)
+        y = self.mha(h, h, h, need_weights=False, **masks)[0]
+        return y.reshape(-1) if self.mha.batch_first else y.transpose(0, 1).reshape(-1)
+
+
+@pytest.mark.parametrize("layout,batch", [("sequence first", 2), ("batch first", 2), ("unbatched", 1)])
+@pytest.mark.parametrize("masks", [False, True], ids=["no masks", "masks"])
+@pytest.mark.parametrize("n", [None, 3])
+def test_self_attention_matches_the_slow_reference(layout, batch, masks, n):
+    """The layer-local D̄ of self-attention (the dense Jacobian on the layer's own input path, by
+    adaptive quadrature or the mean of n Jacobians) against ``tests/reference.py``, per sample with
+    its own reference, masks repeated for the path points."""
+    torch.manual_seed(0)
+    kw = {}
+    if masks:
+        kw = dict(attn_mask=torch.tensor([[0.0, -0.5, 0.3], [0.2, 0.0, -1.0], [0.0, 0.4, 0.0]], dtype=torch.float64))
+        if layout != "unbatched":
+            kw["key_padding_mask"] = torch.tensor([[0.0, 0.0, 0.0], [0.0, -2.0, 0.0]], dtype=torch.float64)
+    model = _init(_Attend(layout, kw))
+    with torch.no_grad():
+        for p in model.mha.parameters():
+            p.normal_(0, 0.6)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(batch, 5, generator=g, dtype=torch.float64)
+    base = torch.randn(batch, 5, generator=g, dtype=torch.float64) * 0.5
+    target = 1
+    e = lidlib.explain(model, x, target, "LID-IG", baseline=base, n_steps=n)
+    with torch.no_grad():
+        h, h_ref = model.inp(x), model.inp(base)
+    w = model.out.weight[target].detach()
+    for i in range(batch):
+        f = lambda t, i=i: model.sample(t, i)      # noqa: E731
+        if n is None:
+            d = reference.norm_exact(f, h[i], h_ref[i])
+        else:
+            d = sum(reference.jacobian(f, h_ref[i] + (k / n) * (h[i] - h_ref[i])) for k in range(1, n + 1)) / n
+        torch.testing.assert_close(e.relevance["inp"][i], (d.T @ w) * (h[i] - h_ref[i]), rtol=1e-9, atol=1e-12)
+    if n is None:                                   # and the layer conserves, which ties the two together
+        torch.testing.assert_close(e.relevance["inp"].sum(), e.relevance["mha"].sum(), rtol=1e-10, atol=1e-12)
+
+
+class _Cross(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.inp, self.out = how, nn.Linear(4, 6), nn.Linear(6, 2)
+        self.mha = nn.MultiheadAttention(2, 1, batch_first=True)
+
+    def forward(self, x):
+        h = self.inp(x).view(-1, 3, 2)
+        if self.how == "cross":
+            y, _ = self.mha(h, h * 2, h, need_weights=False)
+        else:
+            y, w = self.mha(h, h, h)                  # need_weights=True: the weights come back
+            if self.how == "weights used":
+                y = y + w.sum()
+        return self.out(y.reshape(len(x), -1))
+
+
+def test_cross_attention_and_used_attention_weights_are_refused_by_name():
+    x = torch.randn(2, 4)
+    with pytest.raises(TypeError, match=r"layer 'mha' \(MultiheadAttention\).*cross-attention"):
+        lidlib.explain(_Cross("cross").eval(), x, 0, "LID-IG")
+    with pytest.raises(TypeError, match=r"attention weights of layer 'mha' reach the logits.*need_weights=False"):
+        lidlib.explain(_Cross("weights used").eval(), x, 0, "LID-IG")
+    hidden = _Cross("weights unused").eval()
+    hidden.mha.forward = types.MethodType(nn.MultiheadAttention.forward, hidden.mha)
+    with pytest.raises(TypeError, match=r"layer 'mha' \(MultiheadAttention\).*instance attribute"):
+        lidlib.explain(hidden, x, 0, "LID-IG")
+    model = _Cross("weights unused").eval()
+    before = _state(model)
+    e = lidlib.explain(model, x, 0, "LID-IG", n_steps=None)            # unused weights: explained
+    assert float(e.conservation().max_rel_gap(["mha"])) <= 1e-5
+    _assert_same(before, _state(model))
+
+
+def test_transformer_layers_are_refused_by_name():
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    model = nn.Sequential(layer, nn.Flatten(), nn.Linear(24, 2)).eval()
+    with pytest.raises(TypeError, match=r"layer '0' \(TransformerEncoderLayer\).*nn\.MultiheadAttention"):
+        lidlib.explain(model, torch.randn(1, 3, 8), 0, "LID-IG")
 
 
 class _Calls(nn.Module):
@@ -602,3 +705,15 @@ def test_register_elementwise_refuses_kinks_that_are_not_finite_numbers(kinks):
     with pytest.raises(ValueError, match="kinks must be finite numbers"):
         rules.register_elementwise(Odd, kinks=kinks)
     assert rules.FAMILIES == before and Odd not in rules._KINKS
+
+
+@pytest.mark.parametrize("n", [None, 3])
+def test_vision_transformer_through_an_explainer_is_explain_bit_for_bit(n):
+    model, x, base, target, _ = _family("vit")
+    xs = torch.cat([x, base * 2])
+    ex = lidlib.Explainer(model, "SIG-LID-IG", baseline=base, n_steps=n)
+    a, b = ex(xs, target), lidlib.explain(model, xs, target, "SIG-LID-IG", baseline=base, n_steps=n)
+    assert list(a.relevance) == list(b.relevance)
+    for k in a.relevance:
+        assert torch.equal(a.relevance[k], b.relevance[k]), k
+    assert torch.equal(ex(xs, target).relevance["input"], a.relevance["input"])      # the cached reference again
