@@ -104,6 +104,11 @@ class Explanation:
         scale = self.top.abs().sum(dim=1)
         table = ConservationTable(aliases=self.aliases)
         for name, r in self.relevance.items():
+            if r.dim() == 0 or r.shape[0] != self.total.shape[0]:
+                raise ValueError(f"the relevance of layer {name!r} has shape {tuple(r.shape)}, whose first dimension "
+                                 f"is not the batch ({self.total.shape[0]}): conservation is measured per sample of "
+                                 "batch-first outputs; make the model batch-first (e.g. nn.MultiheadAttention("
+                                 "..., batch_first=True)), or sum this layer's relevance over its own layout")
             s = r.flatten(1).sum(dim=1)
             own = torch.where(scale > 0, scale, r.flatten(1).abs().sum(dim=1))
             gap = (s - self.total).abs()

@@ -61,7 +61,7 @@ def vgg16_with_biases(seed=0):
 
 
 #: torchvision classifiers beyond VGG (random weights, eval mode)
-TORCHVISION = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
+TORCHVISION = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "vit_b_16")
 
 
 def torchvision_with_biases(name, seed=0, bn_stats="random"):
@@ -77,6 +77,8 @@ def torchvision_with_biases(name, seed=0, bn_stats="random"):
         for mod in m.modules():
             if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)) and mod.bias is not None:
                 mod.bias.normal_(0, 0.05)
+            if isinstance(mod, torch.nn.Linear) and not mod.weight.any():     # (ViT's head starts at 0)
+                mod.weight.normal_(0, mod.in_features ** -0.5)
         norms = [mod for mod in m.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
         if bn_stats == "random" and norms:
             for mod in norms:

@@ -382,6 +382,12 @@ def test_self_attention_matches_the_slow_reference(layout, batch, masks, n):
         torch.testing.assert_close(e.relevance["inp"][i], (d.T @ w) * (h[i] - h_ref[i]), rtol=1e-9, atol=1e-12)
     if n is None:                                   # and the layer conserves, which ties the two together
         torch.testing.assert_close(e.relevance["inp"].sum(), e.relevance["mha"].sum(), rtol=1e-10, atol=1e-12)
+    if layout == "batch first":                     # per sample: each row sums its own sample
+        row = next(r for r in e.conservation() if r.layer == "mha")
+        torch.testing.assert_close(row.relevance_sum, e.relevance["mha"].flatten(1).sum(1))
+    else:                                           # a sequence-first or unbatched output: a clear error
+        with pytest.raises(ValueError, match=r"layer 'mha' has shape .* not the batch .*batch_first=True"):
+            e.conservation()
 
 
 class _Cross(nn.Module):
