@@ -731,7 +731,7 @@ def _steps(choice: str, n_steps):
 
 def _replacement(rule: Rule, module: nn.Module) -> Optional[str]:
     """Which replacement ``rule`` makes of this layer (a key of :data:`_READS`), or None (the plain
-    gradient).  Smooth activations and normalisation layers follow ``rule.elementwise``."""
+    gradient).  Smooth activations, normalisation and self-attention layers follow ``rule.elementwise``."""
     kind = layer_kind(module)
     if kind in ("elementwise", "smooth", "norm", "attention"):
         return kind if rule.elementwise != "D" else None
