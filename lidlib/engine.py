@@ -30,6 +30,7 @@ from .rules import (
     derived_reference,
     family,
     function_family,
+    layer_kind,
     product_rule,
     reference_needs,
     self_attention,
@@ -390,6 +391,7 @@ class _Pass:
         self.names, self.reference, self.method, self.n_steps = names, reference, method, n_steps
         self.keep, self.shared = keep, False      # shared: a reference kept for reuse (set by Reference)
         self.leaves = {m for m in names if next(m.children(), None) is None or family(m) is not None}
+        self.attention = {m for m in self.leaves if layer_kind(m) == "attention"}   # (their forward: attention_forward)
         rule = method.rule if method is not None else rule
         self.needs = {m: reference_needs(rule, m) for m in self.leaves} if rule is not None else {}
         self.derives = ({m for m, (reads_x, _) in self.needs.items() if reads_x and derived_reference(rule, m)}
@@ -441,7 +443,7 @@ class _Pass:
         if self._attention_now is not None and self._attention_now[0].module is module:
             (layer, x), self._attention_now = self._attention_now, None      # (output: (y, weights or None))
             args, output, rest = (x,), output[0], output[1]
-        elif isinstance(module, nn.MultiheadAttention) and module in self.leaves:
+        elif module in self.attention:
             raise TypeError(f"lidlib cannot explain layer {self.names[module]!r} (MultiheadAttention): its forward "
                             "is replaced by an instance attribute, so lidlib cannot see the call; remove it")
         if not isinstance(output, torch.Tensor):
@@ -654,8 +656,7 @@ def _forwards(pass_: "_Pass", method: Method):
     an attention layer keeps its call as a layer of its input (:meth:`_Pass.attention_forward`)."""
     pools = [m for m in pass_.leaves if type(m).forward is nn.MaxPool2d.forward and method.rule.maxpool != "D"]
     forwards = {m: (lambda x, m=m: pass_.pool_forward(m, x)) for m in pools}
-    forwards.update({m: (lambda *a, m=m, **k: pass_.attention_forward(m, *a, **k))
-                     for m in pass_.leaves if isinstance(m, nn.MultiheadAttention)})
+    forwards.update({m: (lambda *a, m=m, **k: pass_.attention_forward(m, *a, **k)) for m in pass_.attention})
     return forwards
 
 

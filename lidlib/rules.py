@@ -1180,14 +1180,12 @@ class SelfAttention:
         self.module, self.shape, self.masks = module, tuple(x.shape), masks
 
     def __call__(self, p: torch.Tensor) -> torch.Tensor:
-        L, E = (self.shape[0], self.shape[-1]) if len(self.shape) == 2 or not self.module.batch_first \
-            else self.shape[1:]
         m = p.shape[0] // self.shape[0]
-        if len(self.shape) == 3 and not self.module.batch_first:          # (m·L, N, E) -> (L, m·N, E)
-            q = p.view(m, *self.shape).transpose(0, 1).reshape(L, -1, E)
-        else:                                                             # (m·N, L, E); (m·L, E) -> (m, L, E)
-            q = p.view(-1, L, E)
-            q = q if self.module.batch_first else q.transpose(0, 1)
+        sequence_first = len(self.shape) == 3 and not self.module.batch_first
+        b = p.view(m, *self.shape)
+        b = b.transpose(1, 2) if sequence_first else b           # (m, N, L, E), or (m, L, E) unbatched
+        q = b.reshape(-1, *b.shape[-2:])                          # the copies as one batch (m·N, L, E)
+        q = q if self.module.batch_first else q.transpose(0, 1)
         masks = dict(self.masks)
         if masks.get("key_padding_mask") is not None:
             masks["key_padding_mask"] = masks["key_padding_mask"].reshape(-1, masks["key_padding_mask"].shape[-1]) \
@@ -1195,9 +1193,8 @@ class SelfAttention:
         if masks.get("attn_mask") is not None and masks["attn_mask"].dim() == 3:
             masks["attn_mask"] = masks["attn_mask"].repeat(m, 1, 1)
         y = type(self.module).forward(self.module, q, q, q, need_weights=False, **masks)[0]
-        if len(self.shape) == 3 and not self.module.batch_first:
-            return y.view(L, m, *self.shape[1:]).transpose(0, 1).reshape(p.shape)
-        return (y if self.module.batch_first else y.transpose(0, 1)).reshape(p.shape)
+        y = (y if self.module.batch_first else y.transpose(0, 1)).reshape(b.shape)
+        return (y.transpose(1, 2) if sequence_first else y).reshape(p.shape)
 
 
 _ATTENTION_SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
