@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .paths import gauss_legendre, riemann_points, right_riemann
+from .paths import gauss_kronrod, riemann_points, right_riemann
 from .top import stabilize
 
 try:                                   # torchvision's own layers, where it is installed
@@ -55,7 +55,7 @@ class Family:
     ``"piecewise"`` (element-wise, piecewise linear: closed-form ``D̄``, Eq. 21), ``"smooth"``
     (any other element-wise σ: ``D̄`` from σ' at the samples, the secant slope exactly),
     ``"maxpool"``, ``"norm"`` (a layer-local path average of the layer's Jacobian: samples, or a
-    Gauss–Legendre quadrature whose error is measured), ``"attention"`` (the same for a
+    Gauss–Kronrod quadrature whose error is measured), ``"attention"`` (the same for a
     self-attention call, :class:`SelfAttention`) or ``"refused"`` (with ``hint``).
     ``modules``: layer types; ``functions``: names of the torch functions that compute the same
     thing in a model's forward code; ``as_module(args, kwargs) -> (layer, input)`` builds the layer
@@ -1078,7 +1078,8 @@ def _norm_layout(layer, x):
 
 
 def _norm_path_sum(layout, x, x_ref, g):
-    """``(ts, ws) -> Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` of a LayerNorm/GroupNorm in closed form per group.
+    """``(ts, ws) -> Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` of a LayerNorm/GroupNorm in closed form per group
+    (``ws``: one row of weights per rule, or one vector; see :func:`_path_sum`).
 
     On the path each group's centred input is linear, ``u(t) = û + tΔu``, and its scale
     ``s(t) = (|u(t)|²/K + ε)^½``; ``J(t)ᵀg = (P h − u (uᵀh)/(K s²)) / s`` with ``h = γ ⊙ g`` and
@@ -1098,18 +1099,26 @@ def _norm_path_sum(layout, x, x_ref, g):
     k = math.prod(u_ref.shape[d] for d in dims)
     a, b, c, uh, dh = dot(u_ref, u_ref), dot(u_ref, du), dot(du, du), dot(u_ref, h), dot(du, h)
 
-    def total(ts, ws):
-        t, w = (v.to(x.dtype).view(-1, *([1] * u_ref.dim())) for v in (ts, ws))
-        s = ((a + 2 * t * b + t * t * c) / k + eps).sqrt()                # (nodes, *group shape)
+    def one(t, w, s):
         S, T0, T1, T2 = ((w / s).sum(0), (w / s ** 3).sum(0), (w * t / s ** 3).sum(0), (w * t * t / s ** 3).sum(0))
         v = torch.mul(h, S).addcmul_(u_ref, (uh * T0 + dh * T1) / k, value=-1)
         return ungroup(v.addcmul_(du, (uh * T1 + dh * T2) / k, value=-1))
+
+    def total(ts, ws):
+        shape = (-1,) + (1,) * u_ref.dim()
+        t = ts.to(x.dtype).view(shape)
+        s = ((a + 2 * t * b + t * t * c) / k + eps).sqrt()                # (nodes, *group shape)
+        if ws.dim() == 1:
+            return one(t, ws.to(x.dtype).view(shape), s)
+        return torch.stack([one(t, w.to(x.dtype).view(shape), s) for w in ws])
     return total
 
 
 def _path_sum(layer, x, x_ref, g):
     """``(ts, ws) -> Σ_k w_k J(x̂ + t_k Δx)ᵀ g``: in closed form per row for LayerNorm and GroupNorm
-    (:func:`_norm_path_sum`), else the layer evaluated at the path points (:func:`_layer_path_vjp`)."""
+    (:func:`_norm_path_sum`), else the layer evaluated at the path points (:func:`_layer_path_vjp`).
+    ``ws`` is one vector of weights, or an ``(r, nodes)`` matrix of them: then ``r`` sums over the
+    same evaluations, stacked (a Gauss rule and its Kronrod extension)."""
     layout = _norm_layout(layer, x)
     if layout is not None:
         return _norm_path_sum(layout, x, x_ref, g)
@@ -1117,7 +1126,8 @@ def _path_sum(layer, x, x_ref, g):
 
 
 def _layer_path_vjp(layer, x, x_ref, g, ts, ws):
-    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` by autograd: the layer evaluated at the path points, as one batch."""
+    """``Σ_k w_k J(x̂ + t_k Δx)ᵀ g`` by autograd: the layer evaluated at the path points, as one
+    batch (``ws``: a vector, or a matrix of them as in :func:`_path_sum`)."""
     x_ref = x_ref.expand_as(x)
     m = len(ts)
     shape = (m,) + (1,) * x.dim()
@@ -1125,38 +1135,41 @@ def _layer_path_vjp(layer, x, x_ref, g, ts, ws):
         p = (x_ref[None] + ts.view(shape) * (x - x_ref)[None]).reshape(m * x.shape[0], *x.shape[1:])
         p.requires_grad_(True)
         out = _plain(layer)(p)
-        (v,) = torch.autograd.grad(out, p, (ws.view(shape) * g[None]).reshape(out.shape))
-    return v.view(m, *x.shape).sum(0)
+        if ws.dim() == 1:
+            (v,) = torch.autograd.grad(out, p, (ws.view(shape) * g[None]).reshape(out.shape))
+            return v.view(m, *x.shape).sum(0)
+        (v,) = torch.autograd.grad(out, p, g[None].expand(m, *g.shape).reshape(out.shape))
+    return (ws.to(v.dtype) @ v.reshape(m, -1)).view(len(ws), *x.shape)        # (each node's J_kᵀg, weighted)
 
 
-#: Gauss–Legendre nodes tried by the exact path average of a normalisation layer (doubling)
-QUADRATURE_NODES = (8, 16, 32, 64, 128)
+#: the orders n tried by the exact path average of a normalisation layer: an n-node Gauss–Legendre rule
+#: and its (2n+1)-node Kronrod extension on the same evaluations (:func:`lidlib.paths.gauss_kronrod`)
+QUADRATURE_ORDERS = (8, 16, 32, 64)
 
 
 def norm_path_vjp(layer, x, x_ref, g, n_steps: Optional[int]):
     """``D̄ᵀg`` of a normalisation (or self-attention) layer on its own input path ``x̂ → x`` (Eq. 21, layer-local).
 
-    ``n_steps = n``: the layer's Jacobian at ``t = k/n``, k = 1..n.  ``None``: Gauss–Legendre with
-    8, 16, 32, … nodes until two successive rules agree to ``64·ε`` (relative, max-norm).  Returns
-    ``(D̄ᵀg, nodes, measured error)`` (error None for samples) and warns if the last rule tried
-    does not reach the tolerance."""
+    ``n_steps = n``: the layer's Jacobian at ``t = k/n``, k = 1..n.  ``None``: the Gauss–Kronrod
+    rule with 17, 33, 65, … nodes, until the Kronrod sum and its embedded 8-, 16-, 32-, … node Gauss
+    sum agree to ``64·ε`` (relative, max-norm) — the Gauss rule's error, which bounds the Kronrod
+    one's.  Returns ``(D̄ᵀg, nodes, measured error)`` (error None for samples) and warns if the
+    last rule tried does not reach the tolerance."""
     total = _path_sum(layer, x, x_ref, g)
     if n_steps is not None:
         return total(*right_riemann(n_steps, x.dtype, x.device)), n_steps, None
-    tol = 64 * torch.finfo(x.dtype).eps
-    prev, err = None, float("inf")
-    for m in QUADRATURE_NODES:
-        v = total(*gauss_legendre(m, 1, x.dtype, x.device))
-        if prev is not None:
-            big = torch.linalg.vector_norm(v, float("inf")).clamp(min=torch.finfo(x.dtype).tiny)
-            err = float(torch.linalg.vector_norm(prev.sub_(v), float("inf")) / big)      # (prev: no longer needed)
-            if err <= tol:
-                return v, m, err
-        prev = v
+    tol, tiny = 64 * torch.finfo(x.dtype).eps, torch.finfo(x.dtype).tiny
+    for n in QUADRATURE_ORDERS:
+        t, w_kronrod, w_gauss = gauss_kronrod(n, x.dtype, x.device)
+        v, gauss = total(t, torch.stack([w_kronrod, w_gauss]))
+        big = torch.linalg.vector_norm(v, float("inf")).clamp(min=tiny)
+        err = float(torch.linalg.vector_norm(gauss.sub_(v), float("inf")) / big)
+        if err <= tol:
+            return v, len(t), err
     warnings.warn(f"lidlib: the exact path average of {type(layer).__name__} reached a relative error of "
-                  f"{err:.1e} with {m} Gauss–Legendre nodes (wanted {tol:.0e}); the relevance below it is "
+                  f"{err:.1e} with {len(t)} Gauss–Kronrod nodes (wanted {tol:.0e}); the relevance below it is "
                   "approximate to that order — or use n_steps=n for the sampled rule", RuntimeWarning, stacklevel=2)
-    return v, m, err
+    return v, len(t), err
 
 
 def norm_substitute(layer, x, x_ref, y, n_steps) -> torch.Tensor:

@@ -5,6 +5,7 @@ import re
 import types
 import warnings
 
+import numpy as np
 import pytest
 import reference
 import torch
@@ -125,7 +126,7 @@ def test_lrp_family_through_a_normalisation_layer_warns_with_the_measured_error(
     peaks sharply at t = 0 and the quadrature says how far it got instead of pretending."""
     model = _init(REF_MODELS["norm"](), seed=3, bias_std=0.5)
     x, _ = _ref_data("norm")
-    with pytest.warns(RuntimeWarning, match=r"relative error of .* Gauss–Legendre nodes"):
+    with pytest.warns(RuntimeWarning, match=r"relative error of .* Gauss–Kronrod nodes"):
         lidlib.explain(model, x, 2, "LRP-0", n_steps=None)
 
 
@@ -135,13 +136,49 @@ def test_norm_quadrature_reports_its_error_and_warns_when_it_cannot_reach_it(mon
     x, x_ref = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(3, 6, generator=g, dtype=torch.float64)
     grad = torch.randn(3, 6, generator=g, dtype=torch.float64)
     v, nodes, err = rules.norm_path_vjp(layer, x, x_ref, grad, None)
-    assert err <= 64 * torch.finfo(torch.float64).eps and nodes in rules.QUADRATURE_NODES
+    assert err <= 64 * torch.finfo(torch.float64).eps and nodes in [2 * n + 1 for n in rules.QUADRATURE_ORDERS]
     slow = torch.stack([grad[b] @ reference.norm_exact(lambda t: layer(t), x[b], x_ref[b]) for b in range(3)])
     assert torch.allclose(v, slow, rtol=1e-10, atol=1e-12)
-    monkeypatch.setattr(rules, "QUADRATURE_NODES", (1, 2))
-    with pytest.warns(RuntimeWarning, match="Gauss–Legendre"):
+    monkeypatch.setattr(rules, "QUADRATURE_ORDERS", (1, 2))
+    with pytest.warns(RuntimeWarning, match="Gauss–Kronrod"):
         _, _, err = rules.norm_path_vjp(layer, x, x_ref, grad, None)
     assert err > 64 * torch.finfo(torch.float64).eps
+
+
+#: QUADPACK's 15-point Gauss–Kronrod rule on [-1, 1] (Piessens et al. 1983, qk15), the non-negative half:
+#: its nodes, Kronrod weights and the 7-point Gauss weights of the nodes 0.949…, 0.741…, 0.405…, 0
+QK15_NODES = (0.9914553711208126, 0.9491079123427585, 0.8648644233597691, 0.7415311855993944,
+              0.5860872354676911, 0.4058451513773972, 0.2077849550078985, 0.0)
+QK15_KRONROD = (0.02293532201052922, 0.06309209262997855, 0.1047900103222502, 0.1406532597155259,
+                0.1690047266392679, 0.1903505780647854, 0.2044329400752989, 0.2094821410847278)
+QK15_GAUSS = (0.1294849661688697, 0.2797053914892767, 0.3818300505051189, 0.4179591836734694)
+
+
+def test_gauss_kronrod_rules_are_quadpacks_and_exact_to_their_degree():
+    """paths.gauss_kronrod: the 15-point rule is QUADPACK's table (mapped to [0, 1]); for every order
+    the nodes lie inside, the weights are positive, the embedded rule is Gauss–Legendre's, and the
+    Kronrod sum integrates degree 3n + 1 exactly (and not the next even degree: a symmetric rule
+    integrates every odd one)."""
+    from numpy.polynomial import legendre
+
+    from lidlib.paths import gauss_kronrod
+    t, wk, wg = (v.numpy() for v in gauss_kronrod(7))
+    half = t >= 0.5                                              # (0 on [-1, 1] is 1/2 on [0, 1])
+    np.testing.assert_allclose(np.sort(2 * t[half] - 1)[::-1], QK15_NODES, rtol=0, atol=1e-15)
+    np.testing.assert_allclose((2 * wk[half])[::-1], QK15_KRONROD, rtol=0, atol=1e-15)
+    np.testing.assert_allclose((2 * wg[half])[::-1][1::2], QK15_GAUSS, rtol=0, atol=1e-15)
+    assert not (2 * wg[half])[::-1][0::2].any()
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 8, 16, 32, 64):
+        t, wk, wg = (v.numpy() for v in gauss_kronrod(n))
+        assert len(t) == 2 * n + 1 and (np.diff(t) > 0).all() and 0 < t[0] and t[-1] < 1 and (wk > 0).all()
+        gauss_t, gauss_w = np.polynomial.legendre.leggauss(n)
+        np.testing.assert_allclose(t[wg > 0], (gauss_t + 1) / 2, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(wg[wg > 0], gauss_w / 2, rtol=0, atol=1e-15)
+        for degree, w, exact in ((3 * n + 1, wk, True), (2 * n - 1, wg, True), (3 * n + 2 + n % 2, wk, False)):
+            c = rng.standard_normal(degree + 1)                  # ∫₀¹ Σ c_j P_j(2t − 1) dt = c_0
+            gap = abs(w @ legendre.legval(2 * t - 1, c) - c[0])
+            assert (gap < 1e-12) if exact else (gap > 1e-6), (n, degree, gap)
 
 
 # ----------------------------------------------------------------------------- torchvision's families
@@ -580,12 +617,12 @@ def test_exact_smooth_slope_takes_the_midpoint_derivative_in_any_layout(layout, 
                                          (nn.GroupNorm(3, 6, affine=False), (2, 6, 4)),
                                          (nn.LayerNorm(6, elementwise_affine=False), (3, 6))],
                          ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v))
-@pytest.mark.parametrize("grid", ["riemann3", "riemann10", "legendre16"])
+@pytest.mark.parametrize("grid", ["riemann3", "riemann10", "legendre16", "kronrod8"])
 @pytest.mark.parametrize("zero_reference", [False, True])
 def test_closed_form_norm_path_sum_is_the_layer_evaluated_on_its_path(layer, shape, grid, zero_reference):
     """LayerNorm / LayerNorm2d / GroupNorm: the per-row closed form of Σ w_k J(t_k)ᵀ g equals the
     slow form (the layer evaluated at every node, autograd's VJP) to float64 rounding."""
-    from lidlib.paths import gauss_legendre, right_riemann
+    from lidlib.paths import gauss_kronrod, gauss_legendre, right_riemann
     g = torch.Generator().manual_seed(8)
     layer = copy.deepcopy(layer).double()
     with torch.no_grad():
@@ -596,11 +633,18 @@ def test_closed_form_norm_path_sum_is_the_layer_evaluated_on_its_path(layer, sha
                                                                                          dtype=torch.float64) * 0.5
     up = torch.randn(shape, generator=g, dtype=torch.float64)
     nodes = {"riemann3": right_riemann(3, torch.float64), "riemann10": right_riemann(10, torch.float64),
-             "legendre16": gauss_legendre(16, 1, torch.float64)}[grid]
+             "legendre16": gauss_legendre(16, 1, torch.float64)}.get(grid)
+    if grid == "kronrod8":                                      # two rules on one set of nodes: stacked
+        t, w_kronrod, w_gauss = gauss_kronrod(8, torch.float64)
+        nodes = t, torch.stack([w_kronrod, w_gauss])
     assert rules._norm_layout(layer, x) is not None
     fast = rules._path_sum(layer, x, x_ref, up)(*nodes)
     slow = rules._layer_path_vjp(layer, x, x_ref, up, *nodes)
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-13)
+    if grid == "kronrod8":                                      # each row is the sum with its own weights
+        assert fast.shape == (2, *shape)
+        for w, row in zip(nodes[1], slow):
+            torch.testing.assert_close(row, rules._layer_path_vjp(layer, x, x_ref, up, t, w), rtol=1e-12, atol=1e-13)
 
 
 class _ScaledSELU(nn.Module):
