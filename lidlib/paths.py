@@ -78,12 +78,11 @@ def _gauss_kronrod(n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     k enter, a square system).  The weights of all 2n + 1 nodes then integrate
     ``P_0 .. P_2n`` exactly."""
     leg = np.polynomial.legendre
-    basis = np.eye(n + 2)
     x, w = leg.leggauss(3 * n + 3)                              # exact for the triple products
-    p = np.array([leg.legval(x, basis[j]) for j in range(n + 2)])
+    p = leg.legvander(x, n + 1).T                               # p[j] = P_j at the nodes
     triple = np.einsum("km,jm,m->kj", p[: n + 1], p, w * p[n])  # ∫ P_n P_j P_k
-    js = [j for j in range(n + 1) if (n + 1 - j) % 2 == 0]
-    ks = [k for k in range(n + 1) if k % 2 == 1]                # (n + j + k even: the others vanish)
+    js = list(range((n + 1) % 2, n + 1, 2))                     # j of the parity of n + 1
+    ks = list(range(1, n + 1, 2))                               # (n + j + k even: the others vanish)
     c = np.zeros(n + 2)
     c[n + 1] = 1.0
     if js:
@@ -96,8 +95,7 @@ def _gauss_kronrod(n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.argsort(nodes)
     moments = np.zeros(2 * n + 1)
     moments[0] = 2.0
-    vander = np.array([leg.legval(nodes, np.eye(2 * n + 1)[j]) for j in range(2 * n + 1)])
-    wk = np.linalg.solve(vander, moments)
+    wk = np.linalg.solve(leg.legvander(nodes, 2 * n).T, moments)
     wg = np.concatenate([gauss_w, np.zeros(n + 1)])
     t, wk, wg = (nodes[order] + 1) / 2, wk[order] / 2, wg[order] / 2
     for v in (t, wk, wg):
